@@ -1,0 +1,168 @@
+"""Running commands for drivers: the one place taskyard starts a process.
+
+Never through a shell: every argument reaches the program as it is, so a
+volume name cannot become a command. Commands that need root are prefixed
+with the configured root helper (``sudo -n``, say). Drivers take an
+:class:`Executor` as a constructor argument, so tests can hand them a
+recording one and check the exact commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from workers.exceptions import ProcessExecutionError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Executor", "ProcessExecutionError", "RecordingExecutor", "execute", "set_default_executor",
+]
+
+#: Seconds between two attempts of a command run with ``attempts > 1``.
+RETRY_DELAY_S = 0.5
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished command printed."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+
+
+class Executor:
+    """Runs commands, optionally as root through a helper prefix."""
+
+    def __init__(self, root_helper: Sequence[str] = ()) -> None:
+        self.root_helper = tuple(root_helper)
+
+    def __call__(
+        self,
+        *cmd: str,
+        run_as_root: bool = False,
+        check_exit_code: Iterable[int] | bool = (0,),
+        timeout: float | None = None,
+        input: str | None = None,
+        attempts: int = 1,
+    ) -> Result:
+        """Run ``cmd`` and return its output.
+
+        ``check_exit_code`` lists the exit codes that count as success
+        (``False`` accepts any). A failure, a timeout or a program that cannot
+        start raises :class:`ProcessExecutionError` with the command, exit
+        code, stdout and stderr; with ``attempts > 1`` it is tried again first.
+        """
+        if not cmd:
+            raise ValueError("execute() needs a command")
+        argv = tuple(str(part) for part in cmd)
+        if run_as_root and self.root_helper:
+            argv = self.root_helper + argv
+        ok_codes = None if check_exit_code is False else frozenset(
+            (0,) if check_exit_code is True else check_exit_code
+        )
+        attempts = max(1, int(attempts))
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._run_once(argv, ok_codes, timeout, input)
+            except ProcessExecutionError as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("%s (attempt %d of %d, retrying)", exc, attempt, attempts)
+                time.sleep(RETRY_DELAY_S)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_once(
+        self,
+        argv: tuple[str, ...],
+        ok_codes: frozenset[int] | None,
+        timeout: float | None,
+        input: str | None,
+    ) -> Result:
+        shown = shlex.join(argv)
+        log.debug("running: %s", shown)
+        try:
+            proc = subprocess.run(
+                argv, input=input, capture_output=True, text=True, timeout=timeout,
+                check=False, stdin=None if input is not None else subprocess.DEVNULL,
+            )
+        except FileNotFoundError as exc:
+            raise ProcessExecutionError(
+                f"cannot run {shown}: {exc.strerror}", cmd=argv, exit_code=None,
+                stderr=str(exc),
+            ) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ProcessExecutionError(
+                f"{shown} did not finish within {timeout} s", cmd=argv, exit_code=None,
+                stdout=_text(exc.stdout), stderr=_text(exc.stderr),
+            ) from exc
+        if ok_codes is not None and proc.returncode not in ok_codes:
+            raise ProcessExecutionError(
+                f"{shown} exited with {proc.returncode}: {proc.stderr.strip()[:500]}",
+                cmd=argv, exit_code=proc.returncode, stdout=proc.stdout, stderr=proc.stderr,
+            )
+        return Result(proc.stdout, proc.stderr, proc.returncode)
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+@dataclass
+class RecordingExecutor(Executor):
+    """An executor for tests: records every command and answers from a script.
+
+    ``responses`` maps the start of a command (as a tuple) to its result;
+    unmatched commands succeed with empty output.
+    """
+
+    root_helper: tuple[str, ...] = ()
+    responses: dict[tuple[str, ...], Result | ProcessExecutionError] = field(default_factory=dict)
+    commands: list[tuple[str, ...]] = field(default_factory=list)
+
+    def _run_once(
+        self,
+        argv: tuple[str, ...],
+        ok_codes: frozenset[int] | None,
+        timeout: float | None,
+        input: str | None,
+    ) -> Result:
+        self.commands.append(argv)
+        for prefix, response in sorted(self.responses.items(), key=lambda kv: -len(kv[0])):
+            if argv[: len(prefix)] == prefix:
+                if isinstance(response, ProcessExecutionError):
+                    raise response
+                return response
+        return Result("", "", 0)
+
+
+_default = Executor()
+
+
+def set_default_executor(executor: Executor) -> None:
+    """Make ``executor`` (with the configured root helper) the one :func:`execute` uses."""
+    global _default
+    _default = executor
+
+
+def execute(
+    *cmd: str,
+    run_as_root: bool = False,
+    check_exit_code: Iterable[int] | bool = (0,),
+    timeout: float | None = None,
+    input: str | None = None,
+    attempts: int = 1,
+) -> Result:
+    """Run a command with the process's default executor (the configured root helper)."""
+    return _default(
+        *cmd, run_as_root=run_as_root, check_exit_code=check_exit_code, timeout=timeout,
+        input=input, attempts=attempts,
+    )

@@ -1,0 +1,1 @@
+"""Volume drivers: block storage behind :class:`drivers.volume.base.VolumeDriver`."""

@@ -1,0 +1,96 @@
+"""A volume driver that keeps its volumes in memory: for tests and demos.
+
+It really works (sizes, snapshots, capacity), so the manager's logic is
+exercised as with a real backend. With a prefork pool every process has its
+own copy; that is harmless because records live in Redis, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from drivers.volume.base import (
+    ProgressCallback,
+    SnapshotRef,
+    VolumeDriver,
+    VolumeDriverError,
+    VolumeRef,
+)
+
+
+class FakeVolumeDriver(VolumeDriver):
+    """Volumes as entries in a dict; ``fail`` names operations that raise (for tests)."""
+
+    def __init__(self, total_gb: int = 1000, fail: Iterable[str] = ()) -> None:
+        self.total_gb = int(total_gb)
+        self.fail = frozenset(fail)
+        self.volumes: dict[str, int] = {}
+        self.snapshots: dict[str, tuple[str, int]] = {}
+        self.setup_done = False
+
+    def _maybe_fail(self, operation: str) -> None:
+        if operation in self.fail:
+            raise VolumeDriverError(f"fake driver told to fail {operation}")
+
+    def do_setup(self) -> None:
+        self._maybe_fail("do_setup")
+        self.setup_done = True
+
+    def check_for_setup_error(self) -> None:
+        self._maybe_fail("check_for_setup_error")
+        if not self.setup_done:
+            raise VolumeDriverError("do_setup() has not run")
+
+    def _provisioned(self) -> int:
+        return sum(self.volumes.values()) + sum(size for _, size in self.snapshots.values())
+
+    def create_volume(
+        self, volume: VolumeRef, progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        self._maybe_fail("create_volume")
+        if volume.id not in self.volumes:
+            if self._provisioned() + volume.size_gb > self.total_gb:
+                raise VolumeDriverError(
+                    f"not enough space for {volume.size_gb} GiB "
+                    f"({self.total_gb - self._provisioned()} GiB free)"
+                )
+            self.volumes[volume.id] = volume.size_gb
+        if progress:
+            progress(volume.size_gb, volume.size_gb, "allocated")
+        return {"location": f"fake://{volume.id}"}
+
+    def delete_volume(self, volume: VolumeRef) -> None:
+        self._maybe_fail("delete_volume")
+        self.volumes.pop(volume.id, None)
+
+    def extend_volume(self, volume: VolumeRef, new_size_gb: int) -> dict[str, Any]:
+        self._maybe_fail("extend_volume")
+        self.volumes[volume.id] = max(self.volumes.get(volume.id, 0), new_size_gb)
+        return {}
+
+    def create_snapshot(
+        self,
+        snapshot: SnapshotRef,
+        volume: VolumeRef,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        self._maybe_fail("create_snapshot")
+        self.snapshots[snapshot.id] = (volume.id, volume.size_gb)
+        if progress:
+            progress(1, 1, "copied")
+        return {"location": f"fake://{snapshot.id}"}
+
+    def delete_snapshot(self, snapshot: SnapshotRef) -> None:
+        self._maybe_fail("delete_snapshot")
+        self.snapshots.pop(snapshot.id, None)
+
+    def get_volume_stats(self) -> dict[str, Any]:
+        provisioned = self._provisioned()
+        return {
+            "backend": "fake",
+            "total_gb": self.total_gb,
+            "free_gb": max(0, self.total_gb - provisioned),
+            "provisioned_gb": provisioned,
+            "volumes": len(self.volumes),
+        }

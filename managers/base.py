@@ -1,0 +1,242 @@
+"""The base of every manager: the business logic of one service.
+
+A manager is reached only through methods marked :func:`endpoint`;
+everything else on it (private names, ``init_host``, helpers) is unreachable
+from a message, because only endpoints become Celery tasks. A manager never
+imports Celery: the service layer hands it a driver, its settings, a Redis
+client for its records, and the request's context and progress sink.
+
+Example::
+
+    class EchoManager(Manager):
+        driver_interface = EchoDriver
+
+        @endpoint
+        def echo(self, text: str, times: int = 1) -> str:
+            return self.driver.echo(text) * times
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar, TypeVar
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Attribute set on a function by :func:`endpoint`.
+ENDPOINT_MARK = "__taskyard_endpoint__"
+#: Attribute set on a function by :func:`periodic_task`.
+PERIODIC_MARK = "__taskyard_periodic__"
+
+#: Names that are part of the manager's life cycle and can never be endpoints.
+RESERVED = frozenset(
+    {"init_host", "cleanup_host", "capabilities", "report_progress", "forward_to",
+     "endpoints", "periodic_tasks", "context", "records", "driver", "settings", "host",
+     "service", "redis"}
+)
+
+
+def endpoint(fn: F) -> F:
+    """Make a public method reachable by messages as the task ``<service>.<name>``.
+
+    Arguments are bound to the method's signature before it runs: missing,
+    unexpected or wrongly typed (JSON types, from the annotations) arguments
+    are rejected with ``InvalidRequest`` naming the argument. Endpoints must
+    be safe to run twice with the same arguments (a message can be delivered
+    again after a crash).
+    """
+    name = fn.__name__
+    if name.startswith("_"):
+        raise TypeError(f"{name!r} cannot be an endpoint: names starting with '_' are private")
+    if name in RESERVED:
+        raise TypeError(f"{name!r} cannot be an endpoint: it is part of the manager's life cycle")
+    setattr(fn, ENDPOINT_MARK, True)
+    return fn
+
+
+@dataclass(frozen=True)
+class PeriodicSpec:
+    """How often a periodic task of a manager runs on each node."""
+
+    name: str
+    spacing: float
+    run_immediately: bool = False
+
+
+def periodic_task(*, spacing: float, run_immediately: bool = False) -> Callable[[F], F]:
+    """Run a manager method every ``spacing`` seconds on every node of the service.
+
+    It runs as the task ``<service>.periodic.<name>`` on the node's own queue,
+    never twice at once on one node; an exception is logged and the schedule
+    goes on.
+    """
+    if not spacing or spacing <= 0:
+        raise ValueError("periodic_task needs spacing > 0 (seconds)")
+
+    def mark(fn: F) -> F:
+        if fn.__name__.startswith("_"):
+            raise TypeError(f"periodic task {fn.__name__!r}: names starting with '_' are private")
+        setattr(fn, PERIODIC_MARK, PeriodicSpec(fn.__name__, float(spacing), run_immediately))
+        return fn
+
+    return mark
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who asked for the work in hand: travels with every message."""
+
+    request_id: str
+    caller_host: str | None = None
+    user: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_headers(self) -> dict[str, Any]:
+        return {
+            "taskyard_request_id": self.request_id,
+            "taskyard_caller": self.caller_host,
+            "taskyard_user": self.user,
+        }
+
+
+#: The request being handled in this thread (set by the service layer).
+current_context: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "taskyard_context", default=None
+)
+#: Where progress of the request in hand goes (set by the service layer).
+current_progress: contextvars.ContextVar[Callable[[int, int, str], None] | None] = (
+    contextvars.ContextVar("taskyard_progress", default=None)
+)
+
+
+class Forward(Exception):
+    """Raised by a manager to have the request run on the node that owns the resource.
+
+    Not an error: the service layer hands the same request to ``host``'s own
+    queue under the same task id, so the caller gets that node's answer.
+    """
+
+    def __init__(self, host: str) -> None:
+        super().__init__(host)
+        self.host = host
+
+
+class Manager:
+    """One service's business logic; one instance per service per process.
+
+    Subclasses set ``driver_interface`` (the driver ABC the configured driver
+    is checked against) and mark their endpoints.
+    """
+
+    #: The ABC a driver must implement; None when the service has no driver contract.
+    driver_interface: ClassVar[type | None] = None
+    #: The API version this manager serves (``major.minor``).
+    rpc_api_version: ClassVar[str] = "1.0"
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        host: str,
+        driver: Any,
+        settings: Any = None,
+        redis: Any = None,
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.driver = driver
+        self.settings = settings
+        self.redis = redis
+        self.started_at = time.time()
+
+    # -- discovery ---------------------------------------------------------
+
+    @classmethod
+    def endpoints(cls) -> dict[str, Callable[..., Any]]:
+        """Endpoint name -> function, for every method marked :func:`endpoint`."""
+        found: dict[str, Callable[..., Any]] = {}
+        for klass in reversed(cls.__mro__):
+            for name, attr in vars(klass).items():
+                if callable(attr) and getattr(attr, ENDPOINT_MARK, False):
+                    found[name] = attr
+                elif name in found:
+                    del found[name]  # overridden without the mark: no longer reachable
+        return found
+
+    @classmethod
+    def periodic_tasks(cls) -> dict[str, PeriodicSpec]:
+        """Name -> schedule, for every method marked :func:`periodic_task`."""
+        found: dict[str, PeriodicSpec] = {}
+        for klass in reversed(cls.__mro__):
+            for name, attr in vars(klass).items():
+                spec = getattr(attr, PERIODIC_MARK, None)
+                if isinstance(spec, PeriodicSpec):
+                    found[name] = spec
+        return found
+
+    # -- life cycle ----------------------------------------------------------
+
+    def init_host(self) -> None:
+        """Prepare this node before it takes messages: set up and check the driver.
+
+        Runs once per node, before consuming; an exception stops the node.
+        Subclasses extend it (and call ``super().init_host()``) to reconcile
+        their records with what the backend holds.
+        """
+        if self.driver is not None:
+            for step in ("do_setup", "check_for_setup_error"):
+                method = getattr(self.driver, step, None)
+                if callable(method):
+                    method()
+
+    def init_process(self) -> None:
+        """Prepare a worker process other than the node's main one (a prefork child)."""
+        setup = getattr(self.driver, "do_setup", None)
+        if callable(setup):
+            setup()
+
+    def cleanup_host(self) -> None:
+        """Release what ``init_host`` took; runs on warm shutdown."""
+
+    def capabilities(self) -> dict[str, Any]:
+        """What this node offers, reported with every heartbeat (JSON values)."""
+        return {}
+
+    # -- helpers for endpoints ---------------------------------------------
+
+    @property
+    def context(self) -> RequestContext | None:
+        """The request in hand (its id, caller and user), or None outside a request."""
+        return current_context.get()
+
+    def report_progress(self, done: int, total: int, message: str = "") -> None:
+        """Tell the caller (and Flower) how far the request in hand has come."""
+        sink = current_progress.get()
+        if sink is not None:
+            sink(int(done), int(total), str(message))
+
+    def forward_to(self, host: str) -> None:
+        """Hand the request in hand to ``host`` (which owns the resource); never returns."""
+        raise Forward(host)
+
+    @endpoint
+    def ping(self) -> dict[str, Any]:
+        """Who answered: for checks and for targeting tests."""
+        return {
+            "service": self.service,
+            "host": self.host,
+            "pid": os.getpid(),
+            "rpc_api_version": self.rpc_api_version,
+            "started_at": self.started_at,
+        }
+
+
+def now() -> str:
+    """The current time as an ISO-8601 UTC string, for records."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")

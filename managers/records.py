@@ -1,0 +1,210 @@
+"""Resource records in Redis, with state transitions that are atomic.
+
+A record is a Redis hash whose field values are JSON; ``status`` is the
+state machine. Every change is one Lua script (one round trip, no race): it
+checks the current status against the states the caller allows, applies the
+updates, and keeps the indexes right. A message delivered twice therefore
+sees the state the first delivery left and can do the right thing.
+
+The manager owns its records; drivers never see this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workers.constants import DELETED_RECORD_TTL_S, records_key
+from workers.exceptions import Conflict, NotFound
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+if KEYS[3] ~= '' then
+  local ps = redis.call('HGET', KEYS[3], 'status')
+  if not ps then return {2, {}} end
+  local ok = false
+  for s in string.gmatch(ARGV[2], '[^\\n]+') do if s == ps then ok = true end end
+  if not ok then return {3, redis.call('HGETALL', KEYS[3])} end
+  redis.call('SADD', KEYS[4], ARGV[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SADD', KEYS[2], ARGV[1])
+return {1, redis.call('HGETALL', KEYS[1])}
+"""
+
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {0, {}} end
+local ok = false
+for s in string.gmatch(ARGV[2], '[^\\n]+') do if s == cur then ok = true end end
+if not ok then return {2, redis.call('HGETALL', KEYS[1])} end
+if KEYS[3] ~= '' and redis.call('SCARD', KEYS[3]) > 0 then
+  return {3, redis.call('HGETALL', KEYS[1])}
+end
+if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('SREM', KEYS[2], ARGV[1])
+  if KEYS[4] ~= '' then redis.call('SREM', KEYS[4], ARGV[1]) end
+end
+return {1, redis.call('HGETALL', KEYS[1])}
+"""
+
+
+def _encode(fields: Mapping[str, Any]) -> list[str]:
+    flat: list[str] = []
+    for key, value in fields.items():
+        flat += [key, json.dumps(value, separators=(",", ":"))]
+    return flat
+
+
+def _decode(flat: list[Any]) -> dict[str, Any]:
+    it = iter(flat)
+    return {_text(k): json.loads(v) for k, v in zip(it, it)}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _states(states: Iterable[str]) -> str:
+    return "\n".join(json.dumps(s) for s in states)
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A record that a new record hangs off (a snapshot's volume)."""
+
+    store: RecordStore
+    id: str
+    allowed: tuple[str, ...]
+
+
+class RecordStore:
+    """Records of one kind (``volume``, ``snapshot``) owned by one service."""
+
+    def __init__(self, redis: Any, service: str, kind: str) -> None:
+        self.redis = redis
+        self.service = service
+        self.kind = kind
+        self.index_key = records_key(service, kind, "index")
+        self._create = redis.register_script(_CREATE)
+        self._transition = redis.register_script(_TRANSITION)
+
+    def key(self, record_id: str) -> str:
+        return records_key(self.service, self.kind, "id", record_id)
+
+    def children_key(self, record_id: str, child_kind: str) -> str:
+        """The set of live ``child_kind`` records hanging off this record."""
+        return records_key(self.service, self.kind, "children", record_id, child_kind)
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        flat = self.redis.hgetall(self.key(record_id))
+        if not flat:
+            return None
+        return {_text(k): json.loads(v) for k, v in flat.items()}
+
+    def require(self, record_id: str) -> dict[str, Any]:
+        record = self.get(record_id)
+        if record is None:
+            raise NotFound(f"no {self.kind} with id {record_id!r}", {"id": record_id})
+        return record
+
+    def create(
+        self, record_id: str, fields: Mapping[str, Any], parent: Parent | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Insert a record unless one with this id exists; return it and whether it is new.
+
+        With ``parent``, the parent must exist in one of ``parent.allowed``
+        states, and the new record joins its children in the same step.
+        """
+        keys = [self.key(record_id), self.index_key, "", ""]
+        allowed = ""
+        if parent is not None:
+            keys[2] = parent.store.key(parent.id)
+            keys[3] = parent.store.children_key(parent.id, self.kind)
+            allowed = _states(parent.allowed)
+        code, flat = self._create(keys=keys, args=[record_id, allowed, *_encode(fields)])
+        if code == 2:
+            assert parent is not None
+            raise NotFound(f"no {parent.store.kind} with id {parent.id!r}", {"id": parent.id})
+        if code == 3:
+            assert parent is not None
+            current = _decode(flat)
+            raise Conflict(
+                f"{parent.store.kind} {parent.id} is {current.get('status')!r}; a new "
+                f"{self.kind} needs it to be {' or '.join(parent.allowed)}",
+                {"id": parent.id, "status": current.get("status")},
+            )
+        return _decode(flat), code == 1
+
+    def transition(
+        self,
+        record_id: str,
+        allowed: Iterable[str],
+        updates: Mapping[str, Any],
+        *,
+        action: str,
+        no_children: str | None = None,
+        retire: bool = False,
+        parent: Parent | None = None,
+    ) -> dict[str, Any]:
+        """Apply ``updates`` if the record's status is one of ``allowed``; return the record.
+
+        ``no_children`` names a child kind that must have no live records
+        (a volume with snapshots cannot be deleted). ``retire`` takes the
+        record out of the index (and its parent's children) and lets it
+        expire, for the final ``deleted`` state. Raises :class:`NotFound` or
+        :class:`Conflict` naming ``action``.
+        """
+        allowed = tuple(allowed)
+        keys = [
+            self.key(record_id),
+            self.index_key,
+            self.children_key(record_id, no_children) if no_children else "",
+            parent.store.children_key(parent.id, self.kind) if parent else "",
+        ]
+        ttl = DELETED_RECORD_TTL_S if retire else 0
+        code, flat = self._transition(
+            keys=keys, args=[record_id, _states(allowed), ttl, *_encode(updates)]
+        )
+        if code == 0:
+            raise NotFound(f"no {self.kind} with id {record_id!r}", {"id": record_id})
+        record = _decode(flat)
+        if code == 2:
+            raise Conflict(
+                f"{self.kind} {record_id} is {record.get('status')!r}; {action} needs it to be "
+                f"{' or '.join(allowed)}",
+                {"id": record_id, "status": record.get("status")},
+            )
+        if code == 3:
+            raise Conflict(
+                f"{self.kind} {record_id} still has {no_children} records; delete them first",
+                {"id": record_id, "status": record.get("status")},
+            )
+        return record
+
+    def count_children(self, record_id: str, child_kind: str) -> int:
+        return int(self.redis.scard(self.children_key(record_id, child_kind)))
+
+    def ids(self) -> list[str]:
+        return sorted(_text(i) for i in self.redis.smembers(self.index_key))
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every live record (not retired), ordered by creation time then id."""
+        ids = self.ids()
+        pipe = self.redis.pipeline(transaction=False)
+        for record_id in ids:
+            pipe.hgetall(self.key(record_id))
+        records = [
+            {_text(k): json.loads(v) for k, v in flat.items()}
+            for flat in pipe.execute()
+            if flat
+        ]
+        records.sort(key=lambda r: (r.get("created_at", ""), r.get("id", "")))
+        return records

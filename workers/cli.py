@@ -1,0 +1,278 @@
+"""The ``taskyard`` command: run nodes, send requests, look at the fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from workers import config as config_mod
+from workers import embedded
+from workers.constants import DEFAULT_REDIS_URL, NODENAME_PREFIX, host_queue
+from workers.exceptions import ConfigError, TaskyardError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+POOLS = ("prefork", "threads", "solo")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"taskyard: {message}", err=True)
+    sys.exit(code)
+
+
+def reports_errors(fn: F) -> F:
+    """Turn taskyard errors into one line on stderr and a non-zero exit."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            _fail(f"configuration error: {exc}", 2)
+        except TaskyardError as exc:
+            _fail(f"{type(exc).__name__}: {exc}", 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _use_host(host: str | None) -> None:
+    """Make ``host`` this process's node name (children inherit it through the environment)."""
+    if host:
+        os.environ["TASKYARD_HOST"] = host
+        _reload()
+
+
+def _reload() -> None:
+    from workers.app import set_app
+
+    config_mod.set_config(None)
+    set_app(None)
+
+
+def parse_arguments(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; a value is JSON when it parses as JSON, a string otherwise."""
+    arguments: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="ARGUMENTS")
+        try:
+            arguments[key] = json.loads(raw)
+        except ValueError:
+            arguments[key] = raw
+    return arguments
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="taskyard")
+def main() -> None:
+    """taskyard: fleets of Python worker services on Celery and Redis."""
+
+
+# -- nodes -------------------------------------------------------------------
+
+
+def run_worker(
+    services: Sequence[str], *, pool: str, concurrency: int | None, loglevel: str,
+    extra: Sequence[str] = (),
+) -> None:
+    """Run a Celery worker in this process consuming the services' shared and host queues."""
+    from workers.app import get_app
+
+    config = config_mod.get_config()
+    names = list(services) or list(config.services)
+    for name in names:
+        config.service(name)
+    queues = [q for name in names for q in (name, host_queue(name, config.host))]
+    argv = [
+        "worker", "--queues", ",".join(queues),
+        "--hostname", f"{NODENAME_PREFIX}@{config.host}",
+        "--pool", pool, "--loglevel", loglevel,
+        "--without-mingle", "--without-gossip",
+    ]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    argv += list(extra)
+    get_app().worker_main(argv)
+
+
+def _worker_options(fn: F) -> F:
+    fn = click.option("--loglevel", "-l", default="INFO", show_default=True,
+                      help="Log level of the node.")(fn)
+    fn = click.option("--pool", "-P", type=click.Choice(POOLS), default="prefork",
+                      show_default=True, help="How tasks run: processes, threads or inline.")(fn)
+    fn = click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2,
+                      show_default=True, help="Tasks run at once.")(fn)
+    fn = click.option("--host", help="This node's name (default: settings key host).")(fn)
+    return fn
+
+
+@main.command()
+@click.argument("services", nargs=-1)
+@_worker_options
+@reports_errors
+def worker(services: tuple[str, ...], host: str | None, concurrency: int, pool: str,
+           loglevel: str) -> None:
+    """Run a node serving SERVICES (every configured service when none are named)."""
+    _use_host(host)
+    run_worker(services, pool=pool, concurrency=concurrency, loglevel=loglevel)
+
+
+def redis_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@main.command()
+@_worker_options
+@reports_errors
+def up(host: str | None, concurrency: int, pool: str, loglevel: str) -> None:
+    """Run a node with every configured service, starting a private Redis if none answers."""
+    _use_host(host)
+    config = config_mod.get_config()
+    server = None
+    if config.embedded_url:
+        click.echo(f"taskyard: using the private redis-server at {config.embedded_url}", err=True)
+    elif not redis_answers(config.redis_url):
+        if config.redis_url != DEFAULT_REDIS_URL or not config.embedded_redis:
+            raise ConfigError(
+                f"nothing answers at redis_url {config_mod.mask_url(config.redis_url)}; start "
+                "Redis there or point redis_url (TASKYARD_REDIS_URL) at one"
+            )
+        server = embedded.start_for_state_dir(config.state_dir)
+        click.echo(
+            f"taskyard: nothing answers at {DEFAULT_REDIS_URL}; started a private redis-server "
+            f"at {server.url} (data in {server.data_dir}); other shells here will use it",
+            err=True,
+        )
+        _reload()
+    try:
+        run_worker((), pool=pool, concurrency=concurrency, loglevel=loglevel)
+    finally:
+        if server is not None:
+            server.stop()
+            embedded.forget(config.state_dir)
+
+
+# -- requests ----------------------------------------------------------------
+
+
+def _request_options(fn: F) -> F:
+    fn = click.option("--host", help="Send to this node's own queue only.")(fn)
+    fn = click.argument("arguments", nargs=-1)(fn)
+    fn = click.argument("method")(fn)
+    fn = click.argument("service")(fn)
+    return fn
+
+
+@main.command()
+@_request_options
+@click.option("--timeout", type=float, help="Seconds to wait (default: settings rpc_timeout).")
+@reports_errors
+def call(service: str, method: str, arguments: tuple[str, ...], host: str | None,
+         timeout: float | None) -> None:
+    """Call METHOD of SERVICE with key=value ARGUMENTS and print the result as JSON."""
+    from workers.rpc import Client
+
+    client = Client(service).prepare(host=host, timeout=timeout)
+    _print_json(client.call(method, **parse_arguments(arguments)))
+
+
+@main.command()
+@_request_options
+@reports_errors
+def cast(service: str, method: str, arguments: tuple[str, ...], host: str | None) -> None:
+    """Send METHOD of SERVICE without waiting; print the task id."""
+    from workers.rpc import Client
+
+    handle = Client(service).prepare(host=host).cast(method, **parse_arguments(arguments))
+    _print_json({"task_id": handle.id, "service": service, "method": method, "host": host})
+
+
+# -- settings and fleet ------------------------------------------------------------
+
+
+@main.command("config")
+@reports_errors
+def show_config() -> None:
+    """Print the effective settings (secrets masked)."""
+    _print_json(config_mod.effective(config_mod.get_config()))
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+@reports_errors
+def services(ctx: click.Context, as_json: bool) -> None:
+    """The services table: every service on every host, up, down or disabled."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from workers.registry import Registry
+
+    records = Registry.from_config(config_mod.get_config()).list()
+    if as_json:
+        _print_json([r.as_dict() for r in records])
+        return
+    rows = [("SERVICE", "HOST", "STATE", "LAST SEEN", "CAPABILITIES")]
+    for r in records:
+        seen = "never" if r.age == float("inf") else f"{r.age:.1f}s ago"
+        caps = ", ".join(f"{k}={v}" for k, v in sorted(r.capabilities.items())
+                         if isinstance(v, (int, float, str)))
+        state = f"{r.state} ({r.disabled_reason})" if r.disabled_reason else r.state
+        rows.append((r.service, r.host, state, seen, caps[:80]))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4]))
+                   + "  " + row[4])
+    if len(rows) == 1:
+        click.echo("(no services have reported; start a node with `taskyard up`)")
+
+
+@services.command()
+@click.argument("service")
+@click.argument("host")
+@click.option("--reason", required=True, help="Why, for whoever looks at the table.")
+@reports_errors
+def disable(service: str, host: str, reason: str) -> None:
+    """Keep new work away from SERVICE on HOST."""
+    from workers.registry import Registry
+
+    config = config_mod.get_config()
+    config.service(service)
+    Registry.from_config(config).disable(service, host, reason)
+    click.echo(f"{service} on {host} disabled: {reason}")
+
+
+@services.command()
+@click.argument("service")
+@click.argument("host")
+@reports_errors
+def enable(service: str, host: str) -> None:
+    """Let SERVICE on HOST take work again."""
+    from workers.registry import Registry
+
+    config = config_mod.get_config()
+    config.service(service)
+    was = Registry.from_config(config).enable(service, host)
+    click.echo(f"{service} on {host} enabled" + ("" if was else " (it was not disabled)"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

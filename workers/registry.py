@@ -1,0 +1,167 @@
+"""The service registry: which node runs which service, and whether it is up.
+
+Every node reports each of its services every ``report_interval`` seconds.
+The time of a report is Redis's own clock (``TIME`` inside the script that
+stores it), so nodes with skewed clocks still agree on who is up. A service
+on a host is **up** when it is not disabled and its last report is at most
+``service_down_time`` old. Operators disable a host (with a reason) to keep
+new work away from it without stopping it.
+
+Keys (all under ``taskyard:registry:``): ``services`` (set of service
+names), ``<service>`` (host -> JSON report), ``<service>:seen`` (host ->
+server time of the last report), ``<service>:disabled`` (host -> JSON
+``{reason, at}``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.config import Config
+from workers.connections import redis_client
+from workers.constants import registry_key
+
+UP, DOWN, DISABLED = "up", "down", "disabled"
+
+_REPORT = """
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[2], now)
+return now
+"""
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """One service on one host, as the registry last heard of it."""
+
+    service: str
+    host: str
+    state: str
+    #: Seconds since the last report (Redis clock).
+    age: float
+    updated_at: float
+    info: dict[str, Any] = field(default_factory=dict)
+    disabled_reason: str | None = None
+
+    @property
+    def is_up(self) -> bool:
+        return self.state == UP
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        return dict(self.info.get("capabilities") or {})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service, "host": self.host, "state": self.state,
+            "age": round(self.age, 3), "updated_at": self.updated_at,
+            "disabled_reason": self.disabled_reason, **self.info,
+        }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Registry:
+    """Reads and writes the registry in one Redis."""
+
+    def __init__(self, redis: Any, *, service_down_time: float) -> None:
+        self.redis = redis
+        self.service_down_time = float(service_down_time)
+        self._report = redis.register_script(_REPORT)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Registry:
+        return cls(redis_client(config.records_url), service_down_time=config.service_down_time)
+
+    # -- writing ---------------------------------------------------------------
+
+    def report(self, service: str, host: str, info: dict[str, Any]) -> float:
+        """Store a heartbeat of ``service`` on ``host``; return its (Redis) time."""
+        stamp = self._report(
+            keys=[registry_key("services"), registry_key(service), registry_key(service, "seen")],
+            args=[service, host, json.dumps(info, separators=(",", ":"), default=str)],
+        )
+        return float(_text(stamp))
+
+    def remove(self, service: str, host: str) -> None:
+        """Forget ``service`` on ``host`` at once (a node leaving on purpose)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(registry_key(service), host)
+        pipe.hdel(registry_key(service, "seen"), host)
+        pipe.execute()
+
+    def disable(self, service: str, host: str, reason: str) -> None:
+        """Keep new work away from ``service`` on ``host`` until :meth:`enable`."""
+        now = self._now()
+        entry = json.dumps({"reason": reason, "at": now})
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(registry_key("services"), service)
+        pipe.hset(registry_key(service, "disabled"), host, entry)
+        pipe.execute()
+
+    def enable(self, service: str, host: str) -> bool:
+        """Let ``service`` on ``host`` take work again; False when it was not disabled."""
+        return bool(self.redis.hdel(registry_key(service, "disabled"), host))
+
+    # -- reading ---------------------------------------------------------------
+
+    def _now(self) -> float:
+        seconds, micros = self.redis.time()
+        return float(seconds) + float(micros) / 1e6
+
+    def services(self) -> list[str]:
+        return sorted(_text(s) for s in self.redis.smembers(registry_key("services")))
+
+    def list(self, service: str | None = None) -> list[ServiceRecord]:
+        """Every known service on every host (or of one service), sorted."""
+        names = [service] if service else self.services()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        for name in names:
+            pipe.hgetall(registry_key(name))
+            pipe.hgetall(registry_key(name, "seen"))
+            pipe.hgetall(registry_key(name, "disabled"))
+        replies = pipe.execute()
+        seconds, micros = replies[0]
+        now = float(seconds) + float(micros) / 1e6
+        records = []
+        for i, name in enumerate(names):
+            infos, seen, disabled = replies[1 + 3 * i: 4 + 3 * i]
+            hosts = {_text(h) for h in (*infos, *disabled)}
+            for host in sorted(hosts):
+                raw_info = infos.get(host.encode()) or infos.get(host)
+                info = json.loads(raw_info) if raw_info else {}
+                raw_seen = seen.get(host.encode()) or seen.get(host)
+                updated = float(_text(raw_seen)) if raw_seen else 0.0
+                raw_disabled = disabled.get(host.encode()) or disabled.get(host)
+                reason = json.loads(raw_disabled)["reason"] if raw_disabled else None
+                age = now - updated if updated else float("inf")
+                if raw_disabled:
+                    state = DISABLED
+                elif age <= self.service_down_time:
+                    state = UP
+                else:
+                    state = DOWN
+                records.append(ServiceRecord(name, host, state, age, updated, info, reason))
+        return records
+
+    def get(self, service: str, host: str) -> ServiceRecord | None:
+        for record in self.list(service):
+            if record.host == host:
+                return record
+        return None
+
+    def is_up(self, service: str, host: str) -> bool:
+        record = self.get(service, host)
+        return record is not None and record.is_up
+
+    def hosts(self, service: str, *, only_up: bool = True) -> list[str]:
+        """Hosts of ``service``: by default only those up (reporting and not disabled)."""
+        return [r.host for r in self.list(service) if r.is_up or not only_up]

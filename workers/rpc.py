@@ -1,0 +1,200 @@
+"""The client: call, cast and fan out to a service, by name.
+
+::
+
+    from workers.rpc import Client
+    volume = Client("volume")
+    vol = volume.call("create_volume", size_gb=1, name="data")   # waits for the result
+    volume.cast("delete_volume", volume_id=vol["id"])             # returns a Handle at once
+    volume.prepare(host="node-a", timeout=5).call("list_volumes")  # only node-a answers
+    volume.fanout("ping", wait=True)                               # every live node, by host
+
+Requests are checked here first (an unknown service, endpoint or argument
+fails at once, before anything is sent) and again on the node.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+
+from managers.base import RequestContext, current_context
+from workers.config import Config
+from workers.constants import host_queue
+from workers.exceptions import RemoteError, TaskyardError, Timeout, Unavailable
+from workers.services import ServiceSpec, service_specs
+from workers.tasks import PROGRESS
+
+
+def _app() -> Celery:
+    from workers.app import get_app
+
+    return get_app()
+
+
+def _as_error(exc: BaseException, result: AsyncResult | None = None) -> TaskyardError:
+    if isinstance(exc, TaskyardError):
+        if isinstance(exc, RemoteError) and not exc.traceback and result is not None:
+            exc.with_details(traceback=result.traceback or "")
+        return exc
+    return RemoteError.from_exception(exc)
+
+
+class Handle:
+    """A request that was sent: its task id, and a way to wait for its outcome."""
+
+    def __init__(self, result: AsyncResult, service: str, method: str,
+                 host: str | None, timeout: float) -> None:
+        self.result = result
+        self.service = service
+        self.method = method
+        self.host = host
+        self.timeout = timeout
+
+    @property
+    def id(self) -> str:
+        return str(self.result.id)
+
+    @property
+    def state(self) -> str:
+        """Celery's state: PENDING, STARTED, PROGRESS, SUCCESS, FAILURE..."""
+        return str(self.result.state)
+
+    def ready(self) -> bool:
+        return bool(self.result.ready())
+
+    def progress(self) -> dict[str, Any] | None:
+        """``{done, total, message}`` while the endpoint reports progress, else None."""
+        if self.result.state == PROGRESS and isinstance(self.result.info, Mapping):
+            return dict(self.result.info)
+        return None
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The endpoint's return value; its error raised as a taskyard error.
+
+        :class:`Timeout` when no answer came within ``timeout`` seconds (the
+        client's timeout by default): the request may still run.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            return self.result.get(timeout=timeout, propagate=True)
+        except CeleryTimeoutError:
+            raise Timeout(
+                f"no answer from {self.service}.{self.method} within {timeout:g} s; "
+                f"it may still run (task id {self.id})",
+                {"task_id": self.id, "service": self.service, "method": self.method},
+            ) from None
+        except OperationalError as exc:
+            raise Unavailable(
+                f"lost the result backend while waiting for {self.service}.{self.method} "
+                f"(task id {self.id}): {exc}", {"task_id": self.id},
+            ) from exc
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise _as_error(exc, self.result) from None
+
+    def __repr__(self) -> str:
+        return f"<Handle {self.service}.{self.method} {self.id} {self.state}>"
+
+
+class Client:
+    """Sends requests to one service; :meth:`prepare` makes one bound to a host or timeout."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        host: str | None = None,
+        timeout: float | None = None,
+        app: Celery | None = None,
+        user: str | None = None,
+    ) -> None:
+        self.app = app or _app()
+        self.config: Config = self.app.taskyard_config  # type: ignore[attr-defined]
+        self.config.service(service)  # UnknownService at once
+        self.spec: ServiceSpec = service_specs(self.config)[service]
+        self.service = service
+        self.host = host
+        self.timeout = self.config.rpc_timeout if timeout is None else float(timeout)
+        self.user = user
+
+    def prepare(
+        self, host: str | None = None, timeout: float | None = None, user: str | None = None
+    ) -> Client:
+        """A client like this one, bound to ``host``'s own queue and/or another timeout."""
+        return Client(
+            self.service, app=self.app,
+            host=host if host is not None else self.host,
+            timeout=timeout if timeout is not None else self.timeout,
+            user=user if user is not None else self.user,
+        )
+
+    # -- sending ---------------------------------------------------------------
+
+    def _context(self) -> RequestContext:
+        """The caller's request context: inherited inside a manager, new otherwise."""
+        inherited = current_context.get()
+        if inherited is not None:
+            return inherited
+        return RequestContext(
+            request_id=uuid.uuid4().hex, caller_host=self.config.host, user=self.user
+        )
+
+    def _send(self, method: str, kwargs: dict[str, Any], host: str | None) -> Handle:
+        self.spec.binder(method).bind((), kwargs)
+        queue = host_queue(self.service, host) if host else self.service
+        try:
+            result = self.app.send_task(
+                self.spec.task_name(method), kwargs=kwargs, queue=queue,
+                headers=self._context().as_headers(),
+            )
+        except OperationalError as exc:
+            raise Unavailable(
+                f"cannot reach the broker to send {self.service}.{method}: {exc}; "
+                "the request was not sent",
+            ) from exc
+        return Handle(result, self.service, method, host, self.timeout)
+
+    def cast(self, method: str, /, **kwargs: Any) -> Handle:
+        """Send a request and return its :class:`Handle` at once."""
+        return self._send(method, kwargs, self.host)
+
+    def call(self, method: str, /, **kwargs: Any) -> Any:
+        """Send a request and wait (up to the timeout) for its result."""
+        return self._send(method, kwargs, self.host).wait()
+
+    def fanout(self, method: str, /, *, wait: bool = False, **kwargs: Any) -> Any:
+        """Send the request to every live node of the service, each on its own queue.
+
+        Returns the hosts it was sent to, or with ``wait=True`` a dict of host
+        -> result (or the error raised there, as an exception object).
+        """
+        from workers.registry import Registry
+
+        hosts = Registry.from_config(self.config).hosts(self.service)
+        handles = {host: self._send(method, kwargs, host) for host in hosts}
+        if not wait:
+            return list(handles)
+        outcome: dict[str, Any] = {}
+        for host, handle in handles.items():
+            try:
+                outcome[host] = handle.wait()
+            except TaskyardError as exc:
+                outcome[host] = exc
+        return outcome
+
+    def handle(self, task_id: str, method: str = "?") -> Handle:
+        """A handle on a request sent earlier (or handed on by another service)."""
+        return Handle(AsyncResult(task_id, app=self.app), self.service, method, None,
+                      self.timeout)
+
+    def __repr__(self) -> str:
+        target = f" host={self.host}" if self.host else ""
+        return f"<Client {self.service}{target} timeout={self.timeout:g}>"
