@@ -92,22 +92,27 @@ class Executor:
                 argv, input=input, capture_output=True, text=True, timeout=timeout,
                 check=False, stdin=None if input is not None else subprocess.DEVNULL,
             )
-        except FileNotFoundError as exc:
-            raise ProcessExecutionError(
-                f"cannot run {shown}: {exc.strerror}", cmd=argv, exit_code=None,
-                stderr=str(exc),
-            ) from exc
         except subprocess.TimeoutExpired as exc:
             raise ProcessExecutionError(
                 f"{shown} did not finish within {timeout} s", cmd=argv, exit_code=None,
                 stdout=_text(exc.stdout), stderr=_text(exc.stderr),
             ) from exc
-        if ok_codes is not None and proc.returncode not in ok_codes:
+        except OSError as exc:  # not found, not executable, ...
             raise ProcessExecutionError(
-                f"{shown} exited with {proc.returncode}: {proc.stderr.strip()[:500]}",
-                cmd=argv, exit_code=proc.returncode, stdout=proc.stdout, stderr=proc.stderr,
-            )
-        return Result(proc.stdout, proc.stderr, proc.returncode)
+                f"cannot run {shown}: {exc.strerror or exc}", cmd=argv, exit_code=None,
+                stderr=str(exc),
+            ) from exc
+        return _checked(argv, ok_codes, Result(proc.stdout, proc.stderr, proc.returncode))
+
+
+def _checked(argv: tuple[str, ...], ok_codes: frozenset[int] | None, result: Result) -> Result:
+    """``result``, or :class:`ProcessExecutionError` when its exit code is not accepted."""
+    if ok_codes is not None and result.exit_code not in ok_codes:
+        raise ProcessExecutionError(
+            f"{shlex.join(argv)} exited with {result.exit_code}: {result.stderr.strip()[:500]}",
+            cmd=argv, exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
+        )
+    return result
 
 
 def _text(data: bytes | str | None) -> str:
@@ -140,7 +145,7 @@ class RecordingExecutor(Executor):
             if argv[: len(prefix)] == prefix:
                 if isinstance(response, ProcessExecutionError):
                     raise response
-                return response
+                return _checked(argv, ok_codes, response)
         return Result("", "", 0)
 
 

@@ -31,17 +31,21 @@ class LoadError(ConfigError):
     """Raised when a dotted path or short name cannot be turned into an object."""
 
 
-def _import_module(name: str) -> types.ModuleType | None:
-    """Import ``name``; None when that very module does not exist.
+class _Missing(Exception):
+    """The module itself does not exist (as opposed to failing inside its import)."""
+
+
+def _import_module(name: str) -> types.ModuleType:
+    """Import ``name``; :class:`_Missing` (chaining the original) when it does not exist.
 
     An ImportError raised *inside* an existing module (a missing dependency)
-    is not swallowed: it says what is really wrong.
+    is not taken for a missing module: it says what is really wrong.
     """
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-            return None
+            raise _Missing(name) from exc
         raise
 
 
@@ -51,31 +55,26 @@ def resolve(path: str) -> Any:
         raise LoadError(f"{path!r} is not a dotted path such as pkg.module:Name")
     if ":" in path:
         module_name, _, attrs = path.partition(":")
-        try:
-            module = _import_module(module_name)
-        except ImportError as exc:
-            raise LoadError(f"importing module {module_name!r} failed: {exc}") from exc
-        if module is None:
-            raise LoadError(f"no module named {module_name!r}") from None
-        attr_path = attrs.split(".") if attrs else []
+        candidates = [(module_name, attrs.split(".") if attrs else [])]
     else:
         parts = path.split(".")
-        module = None
-        for cut in range(len(parts), 0, -1):
-            module_name = ".".join(parts[:cut])
-            try:
-                module = _import_module(module_name)
-            except ImportError as exc:
-                raise LoadError(f"importing module {module_name!r} failed: {exc}") from exc
-            if module is not None:
-                attr_path = parts[cut:]
-                break
-        if module is None:
-            try:
-                importlib.import_module(parts[0])
-            except ImportError as exc:
-                raise LoadError(f"no module named {parts[0]!r}") from exc
-            raise LoadError(f"no module named {parts[0]!r}")  # pragma: no cover - defensive
+        candidates = [(".".join(parts[:cut]), parts[cut:]) for cut in range(len(parts), 0, -1)]
+    module = None
+    missing: _Missing | None = None
+    attr_path: list[str] = []
+    for module_name, attrs_after in candidates:
+        try:
+            module = _import_module(module_name)
+            attr_path = attrs_after
+            break
+        except _Missing as exc:
+            missing = missing or exc
+        except ImportError as exc:
+            raise LoadError(f"importing module {module_name!r} failed: {exc}") from exc
+    if module is None:
+        assert missing is not None
+        shortest = candidates[-1][0]
+        raise LoadError(f"no module named {shortest!r}") from missing.__cause__
     obj: Any = module
     for i, attr in enumerate(attr_path):
         try:
@@ -214,8 +213,6 @@ def load_driver(
             _check(driver, interface)
     except LoadError as exc:
         raise _fail(key, value, exc)  # noqa: B904 - _fail chains the real cause
-    except ConfigError:
-        raise
     except Exception as exc:
         raise ConfigError(
             f"settings key {key!r} = {value!r}: building the driver failed: {exc!r}"

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
 
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute set on a function by :func:`endpoint`.

@@ -64,8 +64,7 @@ def _encode(fields: Mapping[str, Any]) -> list[str]:
 
 
 def _decode(flat: list[Any]) -> dict[str, Any]:
-    it = iter(flat)
-    return {_text(k): json.loads(v) for k, v in zip(it, it)}
+    return {_text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def _text(value: bytes | str) -> str:

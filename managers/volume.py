@@ -193,7 +193,7 @@ class VolumeManager(Manager):
     def get_volume(self, volume_id: str) -> dict[str, Any]:
         """A volume's record, with the ids of its live snapshots."""
         record = self.volumes.require(volume_id)
-        snapshots = self.snapshots.redis.smembers(self.volumes.children_key(volume_id, "snapshot"))
+        snapshots = self.redis.smembers(self.volumes.children_key(volume_id, "snapshot"))
         record["snapshots"] = sorted(s.decode() if isinstance(s, bytes) else s for s in snapshots)
         return record
 
@@ -288,6 +288,4 @@ class VolumeManager(Manager):
     # -- node ----------------------------------------------------------------
 
     def capabilities(self) -> dict[str, Any]:
-        stats = self.driver.get_volume_stats()
-        stats["volumes"] = sum(1 for v in self.volumes.list() if v.get("host") == self.host)
-        return stats
+        return dict(self.driver.get_volume_stats())

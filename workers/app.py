@@ -46,7 +46,6 @@ def celery_settings(config: Config) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "broker_url": config.broker_url,
         "result_backend": config.result_backend,
-        "override_backends": OVERRIDES,
         # JSON only, both ways: a pickle message is refused, never run.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -80,6 +79,8 @@ def create_app(config: Config | None = None, *, set_as_current: bool = True) -> 
     config = config or get_config()
     app = Celery("taskyard", set_as_current=set_as_current)
     app.conf.update(celery_settings(config))
+    # Result backends that rebuild only declared exceptions (see workers.backend).
+    app.loader.override_backends = dict(OVERRIDES)
     app.taskyard_config = config  # type: ignore[attr-defined]
     for spec in service_specs(config).values():
         register_endpoint_tasks(app, spec)

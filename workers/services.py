@@ -86,9 +86,11 @@ def service_specs(config: Config | None = None) -> dict[str, ServiceSpec]:
 
 def expand_options(options: Mapping[str, Any], config: Config) -> dict[str, Any]:
     """Replace ``{host}`` and ``{state_dir}`` in string options with this node's values."""
+    state_dir = str(config.state_dir)
+
     def expand(value: Any) -> Any:
         if isinstance(value, str):
-            return value.replace("{host}", config.host).replace("{state_dir}", str(config.state_dir))
+            return value.replace("{host}", config.host).replace("{state_dir}", state_dir)
         if isinstance(value, list):
             return [expand(v) for v in value]
         if isinstance(value, dict):

@@ -64,9 +64,9 @@ class EndpointTask(Task):
         """Bind, call the manager, and turn the outcome into what crosses the wire."""
         host = None
         try:
-            bound = self.binder.bind(args, kwargs)
             manager = get_manager(self.service)
             host = manager.host
+            bound = self.binder.bind(args, kwargs)
             method = getattr(manager, self.method)
             context_token = current_context.set(context_from_request(self.request))
             progress_token = current_progress.set(self._report_progress)
@@ -78,9 +78,11 @@ class EndpointTask(Task):
         except Forward as forward:
             return self._forward(forward.host, host, kwargs)
         except TaskyardError as exc:
-            if lookup_wire_error(type(exc).__module__, type(exc).__qualname__) is type(exc):
-                raise exc.with_details(host=host) if host else exc
-            raise RemoteError.from_exception(exc, host) from None
+            if lookup_wire_error(type(exc).__module__, type(exc).__qualname__) is not type(exc):
+                raise RemoteError.from_exception(exc, host) from None
+            if host:
+                exc.with_details(host=host)
+            raise
         except Exception as exc:
             log.exception("%s failed on %s", self.name, host)
             raise RemoteError.from_exception(exc, host) from None

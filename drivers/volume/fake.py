@@ -20,11 +20,19 @@ from drivers.volume.base import (
 
 
 class FakeVolumeDriver(VolumeDriver):
-    """Volumes as entries in a dict; ``fail`` names operations that raise (for tests)."""
+    """Volumes as entries in a dict; ``fail`` names operations that raise (for tests).
 
-    def __init__(self, total_gb: int = 1000, fail: Iterable[str] = ()) -> None:
+    Options meant for the real driver it stands in for (``root``, say) are
+    accepted and ignored, so that switching a service to ``fake`` with one
+    environment variable works without touching ``driver_options``.
+    """
+
+    def __init__(
+        self, total_gb: int = 1000, fail: Iterable[str] = (), **other_drivers_options: Any
+    ) -> None:
         self.total_gb = int(total_gb)
         self.fail = frozenset(fail)
+        self.ignored_options = sorted(other_drivers_options)
         self.volumes: dict[str, int] = {}
         self.snapshots: dict[str, tuple[str, int]] = {}
         self.setup_done = False

@@ -62,7 +62,7 @@ class FileVolumeDriver(VolumeDriver):
             raise VolumeDriverError(f"volume root {self.root} is not a directory")
         if not os.access(self.root, os.W_OK):
             raise VolumeDriverError(f"volume root {self.root} is not writable")
-        for tool in ("truncate", "cp", "rm", "dd"):
+        for tool in ("truncate", "cp", "mv", "rm", "dd"):
             if shutil.which(tool) is None:
                 raise VolumeDriverError(f"the file volume driver needs {tool!r} on PATH")
 
@@ -117,7 +117,7 @@ class FileVolumeDriver(VolumeDriver):
         if progress:
             progress(0, 1, "copying")
         self.execute("cp", "--sparse=always", str(source), str(partial))
-        os.replace(partial, target)
+        self.execute("mv", "-f", str(partial), str(target))
         if progress:
             progress(1, 1, "copied")
         return {"location": str(target)}

@@ -1,0 +1,259 @@
+"""The dispatch path through an in-process Celery worker on the memory:// transport."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+from managers.base import Manager, endpoint
+from tests.conftest import make_config
+from workers import config as config_mod
+from workers import connections
+from workers.app import create_app
+from workers.config import Config, ServiceConfig
+from workers.exceptions import (
+    InvalidRequest,
+    NotFound,
+    RemoteError,
+    TaskyardError,
+    Timeout,
+    UnknownEndpoint,
+    UnknownService,
+    wire_error,
+)
+from workers.rpc import Client, Handle
+from workers.services import get_manager
+
+
+@wire_error
+class OutOfEchoes(TaskyardError):
+    """Raised when the echo service is asked for too many echoes."""
+
+
+class EchoDriver(ABC):
+    @abstractmethod
+    def echo(self, text: str) -> str: ...
+
+
+class LoudEcho(EchoDriver):
+    def echo(self, text: str) -> str:
+        return text.upper()
+
+
+#: Lets a test hold an endpoint mid-run (the worker runs in this process).
+gate = threading.Event()
+reached = threading.Event()
+
+
+class EchoManager(Manager):
+    driver_interface = EchoDriver
+
+    @endpoint
+    def echo(self, text: str, times: int = 1) -> str:
+        if times > 3:
+            raise OutOfEchoes(f"only 3 echoes, not {times}")
+        return " ".join([self.driver.echo(text)] * times)
+
+    @endpoint
+    def explode(self) -> None:
+        raise ValueError("boom")
+
+    @endpoint
+    def slow(self, steps: int) -> dict[str, Any]:
+        for done in range(1, steps + 1):
+            self.report_progress(done, steps, f"step {done}")
+            reached.set()
+            gate.wait(10)
+        return {"request_id": self.context.request_id if self.context else None}
+
+    @endpoint
+    def whoami(self) -> dict[str, Any]:
+        ctx = self.context
+        assert ctx is not None
+        return {"request_id": ctx.request_id, "caller": ctx.caller_host, "user": ctx.user}
+
+    def helper(self) -> str:
+        """Public but not an endpoint: unreachable by messages."""
+        return "secret"
+
+
+RECORDS_URL = "redis://fakeredis.invalid:6379/0"
+
+
+@pytest.fixture(scope="module")
+def module_redis() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture(scope="module")
+def config(module_redis: fakeredis.FakeRedis) -> Config:
+    """One configuration for the module: the volume service plus an echo service."""
+    base = make_config(env={"TASKYARD_ENV": "testing"})
+    services = dict(base.services)
+    services["echo"] = ServiceConfig(
+        name="echo", manager=f"{__name__}:EchoManager", driver=f"{__name__}:LoudEcho",
+    )
+    return base.with_overrides(
+        host="node-a", records_url=RECORDS_URL, broker_url="memory://",
+        result_backend="cache+memory://", services=services, rpc_timeout=10.0,
+        raw={**base.raw, "broker_transport_options": {"polling_interval": 0.01}},
+    )
+
+
+@pytest.fixture(autouse=True)
+def _installed(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[None]:
+    """Each test sees the module's configuration and records (isolation resets them)."""
+    config_mod.set_config(config)
+    connections.set_client(RECORDS_URL, module_redis)
+    yield
+    gate.clear()
+    reached.clear()
+
+
+@pytest.fixture(scope="module")
+def app(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Celery]:
+    """One in-process worker for the module (starting and stopping one takes seconds)."""
+    config_mod.set_config(config)
+    connections.set_client(RECORDS_URL, module_redis)
+    app = create_app(config, set_as_current=False)
+    queues = ["volume", "volume.node-a", "echo", "echo.node-a", "volume.node-b"]
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False,
+                      queues=queues, shutdown_timeout=10):
+        yield app
+
+
+def test_call_returns_the_endpoints_result(app: Celery) -> None:
+    assert Client("echo", app=app).call("echo", text="hi", times=2) == "HI HI"
+
+
+def test_volume_service_round_trip(app: Celery) -> None:
+    volume = Client("volume", app=app)
+    vol = volume.call("create_volume", size_gb=1, name="data")
+    assert vol["status"] == "available" and vol["host"] == "node-a"
+    handle = volume.cast("delete_volume", volume_id=vol["id"])
+    assert isinstance(handle, Handle) and handle.id
+    assert handle.wait()["status"] == "deleted"
+
+
+def test_declared_errors_cross_the_wire_as_themselves_with_the_host(app: Celery) -> None:
+    with pytest.raises(OutOfEchoes, match="only 3 echoes") as caught:
+        Client("echo", app=app).call("echo", text="x", times=9)
+    assert caught.value.host == "node-a"
+    with pytest.raises(NotFound) as missing:
+        Client("volume", app=app).call("get_volume", volume_id="nope")
+    assert missing.value.host == "node-a"
+
+
+def test_unexpected_errors_arrive_as_remote_error_with_type_traceback_and_host(
+    app: Celery,
+) -> None:
+    with pytest.raises(RemoteError) as caught:
+        Client("echo", app=app).call("explode")
+    error = caught.value
+    assert error.remote_type == "ValueError"
+    assert error.remote_message == "boom"
+    assert "raise ValueError" in error.traceback
+    assert error.host == "node-a"
+
+
+def _raw(app: Celery, name: str, *args: Any, **kwargs: Any) -> Handle:
+    """Send a message as a hostile or outdated client would: no client-side checks."""
+    result = app.send_task(name, args=args, kwargs=kwargs, queue=name.split(".")[0])
+    return Handle(result, name.split(".")[0], name, None, 10)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "fragment"),
+    [
+        ((), {}, "missing argument 'text'"),
+        ((), {"text": "x", "loud": True}, "unexpected argument 'loud'"),
+        ((), {"text": 5}, "argument 'text' must be str, got int 5"),
+        ((), {"text": "x", "times": True}, "argument 'times' must be int, got bool"),
+        (("x",), {}, "keyword arguments only"),
+    ],
+)
+def test_bad_arguments_are_refused_on_the_node_with_invalid_request(
+    app: Celery, args: tuple[Any, ...], kwargs: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=fragment) as caught:
+        _raw(app, "echo.echo", *args, **kwargs).wait()
+    assert caught.value.host == "node-a"
+
+
+@pytest.mark.parametrize("name", ["echo.helper", "echo.init_host", "echo._private",
+                                  "echo.__class__", "echo.driver", "echo.nosuch.thing"])
+def test_names_that_are_not_endpoints_are_unknown_on_the_node(app: Celery, name: str) -> None:
+    with pytest.raises(UnknownEndpoint, match="no endpoint"):
+        _raw(app, name).wait()
+    assert Client("echo", app=app).call("echo", text="still serving") == "STILL SERVING"
+
+
+@pytest.mark.parametrize("method", ["helper", "init_host", "_private", "__class__", "driver"])
+def test_the_client_refuses_unknown_endpoints_before_sending(config: Config, method: str) -> None:
+    with pytest.raises(UnknownEndpoint, match="endpoints: echo, explode"):
+        Client("echo", app=create_app(config, set_as_current=False)).cast(method)
+
+
+def test_the_client_refuses_an_unknown_service_at_once(config: Config) -> None:
+    with pytest.raises(UnknownService, match="configured services are echo, volume"):
+        Client("nope", app=create_app(config, set_as_current=False))
+
+
+def test_the_client_checks_arguments_before_sending(config: Config) -> None:
+    client = Client("echo", app=create_app(config, set_as_current=False))
+    with pytest.raises(InvalidRequest, match="missing argument 'text'"):
+        client.cast("echo")
+
+
+def test_progress_is_visible_while_the_endpoint_runs(app: Celery) -> None:
+    handle = Client("echo", app=app).cast("slow", steps=2)
+    assert reached.wait(10)
+    deadline = threading.Event()
+    progress = None
+    for _ in range(100):
+        progress = handle.progress()
+        if progress:
+            break
+        deadline.wait(0.05)
+    assert progress == {"done": 1, "total": 2, "message": "step 1"}
+    gate.set()
+    assert handle.wait()["request_id"]
+
+
+def test_call_times_out_with_a_message_that_says_it_may_still_run(app: Celery) -> None:
+    with pytest.raises(Timeout, match="may still run") as caught:
+        Client("echo", app=app).prepare(timeout=0.3).call("slow", steps=1)
+    assert caught.value.details["task_id"]
+    gate.set()
+
+
+def test_every_request_carries_a_context_from_the_caller(app: Celery, config: Config) -> None:
+    seen = Client("echo", app=app, user="alice").call("whoami")
+    assert len(seen["request_id"]) == 32
+    assert seen["caller"] == config.host and seen["user"] == "alice"
+    again = Client("echo", app=app).call("whoami")
+    assert again["request_id"] != seen["request_id"]
+
+
+def test_a_request_forwarded_in_circles_stops_with_an_error(app: Celery) -> None:
+    volume = Client("volume", app=app)
+    vol = volume.call("create_volume", size_gb=1)
+    manager = get_manager("volume")
+    manager.volumes.transition(vol["id"], ("available",), {"host": "node-b"}, action="test")
+    # node-b's queue is consumed here by a manager whose host is node-a: each
+    # delivery forwards again, until the hop limit stops it.
+    with pytest.raises(RemoteError, match="forwarded"):
+        volume.call("delete_volume", volume_id=vol["id"])
+
+
+def test_the_node_keeps_one_manager_per_service(app: Celery) -> None:
+    manager = get_manager("echo")
+    assert get_manager("echo") is manager
+    assert Client("echo", app=app).call("ping")["host"] == "node-a"
