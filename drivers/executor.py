@@ -78,6 +78,36 @@ class Executor:
                 time.sleep(RETRY_DELAY_S)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def spawn(
+        self,
+        *cmd: str,
+        log_path: str,
+        cwd: str | None = None,
+        run_as_root: bool = False,
+    ) -> int:
+        """Start a long-running program in its own session and return its pid.
+
+        Its stdout and stderr are appended to ``log_path``; it does not end
+        with the worker that started it (a new session, no controlling
+        terminal). The caller tracks it by pid.
+        """
+        argv = tuple(str(part) for part in cmd)
+        if run_as_root and self.root_helper:
+            argv = self.root_helper + argv
+        log.debug("spawning: %s", shlex.join(argv))
+        try:
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    cwd=cwd, start_new_session=True, close_fds=True,
+                )
+        except OSError as exc:
+            raise ProcessExecutionError(
+                f"cannot start {shlex.join(argv)}: {exc.strerror or exc}", cmd=argv,
+                stderr=str(exc),
+            ) from exc
+        return proc.pid
+
     def _run_once(
         self,
         argv: tuple[str, ...],
@@ -132,6 +162,16 @@ class RecordingExecutor(Executor):
     root_helper: tuple[str, ...] = ()
     responses: dict[tuple[str, ...], Result | ProcessExecutionError] = field(default_factory=dict)
     commands: list[tuple[str, ...]] = field(default_factory=list)
+    #: Commands given to :meth:`spawn`, which starts nothing and returns a made-up pid.
+    spawned: list[tuple[str, ...]] = field(default_factory=list)
+
+    def spawn(self, *cmd: str, log_path: str, cwd: str | None = None,
+              run_as_root: bool = False) -> int:
+        argv = tuple(str(part) for part in cmd)
+        if run_as_root and self.root_helper:
+            argv = self.root_helper + argv
+        self.spawned.append(argv)
+        return 100000 + len(self.spawned)
 
     def _run_once(
         self,
