@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,7 +37,7 @@ PERIODIC_MARK = "__taskyard_periodic__"
 RESERVED = frozenset(
     {"init_host", "cleanup_host", "capabilities", "report_progress", "forward_to",
      "endpoints", "periodic_tasks", "context", "records", "driver", "settings", "host",
-     "service", "redis"}
+     "service", "redis", "fleet", "init_process"}
 )
 
 
@@ -114,6 +114,23 @@ current_progress: contextvars.ContextVar[Callable[[int, int, str], None] | None]
 )
 
 
+class Fleet(Protocol):
+    """What a manager may ask of the rest of the fleet (given by the service layer).
+
+    Managers that hand work on (the scheduler) use it instead of importing
+    the service layer, so they stay testable with a fake fleet.
+    """
+
+    def hosts(self, service: str) -> list[dict[str, Any]]:
+        """Every known host of ``service`` as the registry sees it: host, state, capabilities."""
+        ...
+
+    def cast(self, service: str, method: str, /, host: str | None = None,
+             **kwargs: Any) -> str:
+        """Send ``method`` to ``service`` (on ``host``'s own queue when given); the task id."""
+        ...
+
+
 class Forward(Exception):
     """Raised by a manager to have the request run on the node that owns the resource.
 
@@ -146,12 +163,14 @@ class Manager:
         driver: Any,
         settings: Any = None,
         redis: Any = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.service = service
         self.host = host
         self.driver = driver
         self.settings = settings
         self.redis = redis
+        self._fleet = fleet
         self.started_at = time.time()
 
     # -- discovery ---------------------------------------------------------
@@ -219,6 +238,13 @@ class Manager:
         sink = current_progress.get()
         if sink is not None:
             sink(int(done), int(total), str(message))
+
+    @property
+    def fleet(self) -> Fleet:
+        """The rest of the fleet: live hosts of a service, and a way to hand work on."""
+        if self._fleet is None:
+            raise RuntimeError(f"{type(self).__name__} was built without a fleet")
+        return self._fleet
 
     def forward_to(self, host: str) -> None:
         """Hand the request in hand to ``host`` (which owns the resource); never returns."""

@@ -16,6 +16,7 @@ from workers.backend import OVERRIDES
 from workers.config import Config, get_config
 from workers.constants import host_queue
 from workers.node import NodeStep, on_shutdown, on_shutting_down
+from workers.periodic import register_periodic_tasks
 from workers.services import service_specs
 from workers.tasks import register_endpoint_tasks
 
@@ -84,6 +85,7 @@ def create_app(config: Config | None = None, *, set_as_current: bool = True) -> 
     app.taskyard_config = config  # type: ignore[attr-defined]
     for spec in service_specs(config).values():
         register_endpoint_tasks(app, spec)
+        register_periodic_tasks(app, spec)
     app.steps["worker"].add(NodeStep)
     return app
 

@@ -49,6 +49,8 @@ class ServiceConfig:
     manager: str
     driver: str
     driver_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Periodic task name -> spacing in seconds, replacing the manager's own.
+    periodic: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -229,11 +231,20 @@ def _services(raw: Mapping[str, Any]) -> dict[str, ServiceConfig]:
             raise ConfigError(
                 f"settings key '{key}.driver_options' = {options!r}: expected a table"
             )
+        periodic = table.get("periodic", {})
+        if not isinstance(periodic, Mapping) or not all(
+            _is_number(v) and v > 0 for v in periodic.values()
+        ):
+            raise ConfigError(
+                f"settings key '{key}.periodic' = {periodic!r}: expected a table of periodic "
+                "task name = seconds between runs (greater than 0)"
+            )
         services[name] = ServiceConfig(
             name=name,
             manager=table["manager"],
             driver=table["driver"],
             driver_options=dict(options),
+            periodic={str(k): float(v) for k, v in periodic.items()},
         )
     return services
 

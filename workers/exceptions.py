@@ -104,6 +104,11 @@ class Conflict(TaskyardError):
     """Raised when a resource's state does not allow the request."""
 
 
+@wire_error
+class NoValidHost(TaskyardError):
+    """Raised when no host can take new work; the message gives each filter's reasons."""
+
+
 class Timeout(TaskyardError):
     """Raised in the caller when no answer came in time.
 

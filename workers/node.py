@@ -5,7 +5,9 @@ host. Before it consumes, its main process builds each service's manager
 and runs ``init_host`` (a failure stops the node with one clear line).
 While it runs, a thread reports each service to the registry every
 ``report_interval`` seconds. On warm shutdown it leaves the registry at
-once, and runs ``cleanup_host`` once the running tasks are done.
+once, and runs ``cleanup_host`` once the running tasks are done. Periodic
+tasks are sent by one scheduler thread of the main process (see
+:mod:`workers.periodic`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from celery import bootsteps
 import workers
 from managers.base import Manager
 from workers.config import Config, get_config
+from workers.connections import redis_client
 from workers.exceptions import ConfigError
+from workers.periodic import PeriodicScheduler
 from workers.registry import Registry
 from workers.services import build_manager, service_specs, set_manager
 
@@ -85,14 +89,16 @@ class Heartbeat(threading.Thread):
 class Node:
     """The services of one host in one worker, with their managers and heartbeat."""
 
-    def __init__(self, config: Config, services: Iterable[str]) -> None:
+    def __init__(self, config: Config, services: Iterable[str], app: Any = None) -> None:
         self.config = config
+        self.app = app
         self.host = config.host
         self.services = list(services)
         self.managers: dict[str, Manager] = {}
         self.registry = Registry.from_config(config)
         self.started_at = time.time()
         self.heartbeat: Heartbeat | None = None
+        self.scheduler: PeriodicScheduler | None = None
         self._left = False
         self._cleaned = False
 
@@ -119,12 +125,25 @@ class Node:
         except Exception as exc:
             log.warning("first heartbeat of %s failed: %s", self.host, exc)
         self.heartbeat.start()
+        periodic = [(s, p) for s in self.services for p in specs[s].periodic.values()]
+        if periodic and self.app is not None:
+            self.scheduler = PeriodicScheduler(
+                self.app, self.host, redis_client(self.config.records_url), periodic,
+                pending_ttl=self.config.visibility_timeout,
+            )
+            try:
+                self.scheduler.clear_pending()
+            except Exception as exc:
+                log.warning("could not clear pending periodic runs of %s: %s", self.host, exc)
+            self.scheduler.start()
 
     def leave(self) -> None:
         """Stop reporting and leave the registry at once (warm shutdown has begun)."""
         if self._left:
             return
         self._left = True
+        if self.scheduler is not None:
+            self.scheduler.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         for service in self.managers:
@@ -162,7 +181,7 @@ class NodeStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         config = get_config()
-        node = Node(config, node_services(worker.app, config))
+        node = Node(config, node_services(worker.app, config), app=worker.app)
         try:
             node.start()
         except Exception as exc:

@@ -47,6 +47,8 @@ class ServiceRecord:
     updated_at: float
     info: dict[str, Any] = field(default_factory=dict)
     disabled_reason: str | None = None
+    #: Reporting in time, whether or not disabled.
+    alive: bool = False
 
     @property
     def is_up(self) -> bool:
@@ -59,7 +61,8 @@ class ServiceRecord:
     def as_dict(self) -> dict[str, Any]:
         return {
             "service": self.service, "host": self.host, "state": self.state,
-            "age": round(self.age, 3), "updated_at": self.updated_at,
+            "age": round(self.age, 3) if self.age != float("inf") else None,
+            "updated_at": self.updated_at, "alive": self.alive,
             "disabled_reason": self.disabled_reason, **self.info,
         }
 
@@ -143,13 +146,11 @@ class Registry:
                 raw_disabled = disabled.get(host.encode()) or disabled.get(host)
                 reason = json.loads(raw_disabled)["reason"] if raw_disabled else None
                 age = now - updated if updated else float("inf")
-                if raw_disabled:
-                    state = DISABLED
-                elif age <= self.service_down_time:
-                    state = UP
-                else:
-                    state = DOWN
-                records.append(ServiceRecord(name, host, state, age, updated, info, reason))
+                alive = age <= self.service_down_time
+                state = DISABLED if raw_disabled else UP if alive else DOWN
+                records.append(
+                    ServiceRecord(name, host, state, age, updated, info, reason, alive)
+                )
         return records
 
     def get(self, service: str, host: str) -> ServiceRecord | None:
@@ -165,3 +166,11 @@ class Registry:
     def hosts(self, service: str, *, only_up: bool = True) -> list[str]:
         """Hosts of ``service``: by default only those up (reporting and not disabled)."""
         return [r.host for r in self.list(service) if r.is_up or not only_up]
+
+    def alive_hosts(self, service: str) -> list[str]:
+        """Hosts of ``service`` that report in time, disabled ones included.
+
+        Disabling keeps *new* work away; messages for every node (fanout)
+        still reach a disabled node that is alive.
+        """
+        return [r.host for r in self.list(service) if r.alive]

@@ -174,12 +174,13 @@ class Client:
     def fanout(self, method: str, /, *, wait: bool = False, **kwargs: Any) -> Any:
         """Send the request to every live node of the service, each on its own queue.
 
+        Live means reporting heartbeats in time (a disabled node included).
         Returns the hosts it was sent to, or with ``wait=True`` a dict of host
         -> result (or the error raised there, as an exception object).
         """
         from workers.registry import Registry
 
-        hosts = Registry.from_config(self.config).hosts(self.service)
+        hosts = Registry.from_config(self.config).alive_hosts(self.service)
         handles = {host: self._send(method, kwargs, host) for host in hosts}
         if not wait:
             return list(handles)

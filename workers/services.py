@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from drivers.executor import Executor, set_default_executor
@@ -67,7 +67,16 @@ def build_spec(service: ServiceConfig) -> ServiceSpec:
                 f"settings key 'services.{service.name}.manager' = {service.manager!r}: "
                 f"endpoint {name} cannot be served: {exc}"
             ) from exc
-    return ServiceSpec(service.name, service, cls, binders, cls.periodic_tasks())
+    periodic = dict(cls.periodic_tasks())
+    for name, spacing in service.periodic.items():
+        if name not in periodic:
+            known = ", ".join(sorted(periodic)) or "none"
+            raise ConfigError(
+                f"settings key 'services.{service.name}.periodic.{name}': {cls.__qualname__} has "
+                f"no periodic task {name!r} (it has: {known})"
+            )
+        periodic[name] = replace(periodic[name], spacing=spacing)
+    return ServiceSpec(service.name, service, cls, binders, periodic)
 
 
 _specs: dict[int, dict[str, ServiceSpec]] = {}
@@ -117,7 +126,27 @@ def build_manager(spec: ServiceSpec, config: Config, redis: Any = None) -> Manag
         driver=driver,
         settings=spec.config,
         redis=redis if redis is not None else redis_client(config.records_url),
+        fleet=NodeFleet(config),
     )
+
+
+class NodeFleet:
+    """The :class:`managers.base.Fleet` a node gives its managers: registry and client."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def hosts(self, service: str) -> list[dict[str, Any]]:
+        from workers.registry import Registry
+
+        self.config.service(service)
+        return [record.as_dict() for record in Registry.from_config(self.config).list(service)]
+
+    def cast(self, service: str, method: str, /, host: str | None = None,
+             **kwargs: Any) -> str:
+        from workers.rpc import Client
+
+        return Client(service).prepare(host=host).cast(method, **kwargs).id
 
 
 _managers: dict[str, Manager] = {}

@@ -1,1 +1,1 @@
-"""Compute drivers: instances (supervised programs) behind :class:`drivers.compute.base.ComputeDriver`."""
+"""Compute drivers: instances behind :class:`drivers.compute.base.ComputeDriver`."""

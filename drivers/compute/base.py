@@ -9,7 +9,9 @@ be delivered twice.
 
 from __future__ import annotations
 
+import shlex
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,25 @@ class InstanceRef:
     id: str
     image: str
     name: str | None = None
+
+
+def parse_images(images: Mapping[str, str | Sequence[str]]) -> dict[str, list[str]]:
+    """The argv of every catalogue entry: a string is split as a shell would, a list kept.
+
+    Raises ValueError naming the entry that is empty or not a command line.
+    """
+    parsed: dict[str, list[str]] = {}
+    for name, line in images.items():
+        if isinstance(line, str):
+            argv = shlex.split(line)
+        elif isinstance(line, Sequence):
+            argv = [str(part) for part in line]
+        else:
+            raise ValueError(f"images.{name} = {line!r}: expected a command line or a list")
+        if not argv:
+            raise ValueError(f"images.{name} is empty; expected a command line")
+        parsed[str(name)] = argv
+    return parsed
 
 
 class ComputeDriverError(Exception):

@@ -8,19 +8,22 @@ safe to repeat, because a message can be delivered twice.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from drivers.ids import safe_id
+
+__all__ = [
+    "GIB", "ProgressCallback", "SnapshotRef", "VolumeDriver", "VolumeDriverError", "VolumeRef",
+    "safe_id",
+]
+
 GIB = 1024**3
 
 #: Called by long operations with (done, total, message); see Manager.report_progress.
 ProgressCallback = Callable[[int, int, str], None]
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
 
 @dataclass(frozen=True)
 class VolumeRef:
@@ -46,13 +49,6 @@ class SnapshotRef:
 
 class VolumeDriverError(Exception):
     """Raised by a driver when the backend refuses an operation."""
-
-
-def safe_id(value: str) -> str:
-    """``value`` if it can name a file or logical volume; ValueError otherwise."""
-    if not _SAFE_ID.match(value) or ".." in value:
-        raise ValueError(f"{value!r} cannot name a volume on a backend")
-    return value
 
 
 class VolumeDriver(ABC):

@@ -44,13 +44,11 @@ def test_nested_environment_variable_overrides_the_service_driver(
     config = make_config()
 
     assert config.services["volume"].driver == "fake"
-    assert list(config.services) == ["volume"]
-    assert config.raw["services"] == {
-        "volume": {
-            "manager": "managers.volume:VolumeManager",
-            "driver": "fake",
-            "driver_options": {"root": "{state_dir}/volumes/{host}"},
-        }
+    assert list(config.services) == ["volume", "compute", "scheduler"]
+    assert config.raw["services"]["volume"] == {
+        "manager": "managers.volume:VolumeManager",
+        "driver": "fake",
+        "driver_options": {"root": "{state_dir}/volumes/{host}"},
     }
     assert [key for key in _all_keys(config.raw) if key != key.lower()] == []
 
@@ -150,7 +148,7 @@ def test_extra_settings_files_merge_with_the_project_settings(tmp_path: Path) ->
 
     config = make_config(env={"TASKYARD_SETTINGS": f"{echo}, {later}"})
 
-    assert sorted(config.services) == ["echo", "volume"]
+    assert sorted(config.services) == ["compute", "echo", "scheduler", "volume"]
     assert config.services["echo"].manager == "pkg.echo:EchoManager"
     assert config.services["echo"].driver_options == {}
     assert config.services["volume"].driver == "fake"
@@ -377,7 +375,7 @@ def test_unknown_service_lists_the_configured_services(tmp_path: Path) -> None:
     assert isinstance(info.value, InvalidRequest)
     message = str(info.value)
     assert "unknown service 'nope'" in message
-    assert "configured services are echo, volume" in message
+    assert "configured services are compute, echo, scheduler, volume" in message
     assert "[default.services.nope]" in message
 
 

@@ -329,11 +329,11 @@ def test_installed_short_name_file_gets_the_injected_executor(tmp_path: Path) ->
 
 def test_unknown_short_name_lists_known_drivers() -> None:
     with pytest.raises(ConfigError) as info:
-        load_driver("volume", "lvm", VolumeDriver, {})
+        load_driver("volume", "ceph", VolumeDriver, {})
     message = str(info.value)
-    assert message.startswith(f"settings key {KEY!r} = 'lvm': ")
-    assert "no short name 'lvm' in entry point group 'taskyard.drivers.volume'" in message
-    assert "(known: fake, file)" in message
+    assert message.startswith(f"settings key {KEY!r} = 'ceph': ")
+    assert "no short name 'ceph' in entry point group 'taskyard.drivers.volume'" in message
+    assert "(known: fake, file, lvm)" in message
 
 
 def test_unknown_short_name_of_a_service_without_drivers_says_none_are_installed() -> None:
@@ -524,4 +524,4 @@ def test_unknown_manager_short_name_lists_the_installed_managers() -> None:
         load_manager_class("volume", "blocks", Manager)
     message = str(info.value)
     assert "settings key 'services.volume.manager' = 'blocks'" in message
-    assert "entry point group 'taskyard.managers' (known: volume)" in message
+    assert "entry point group 'taskyard.managers' (known: compute, scheduler, volume)" in message

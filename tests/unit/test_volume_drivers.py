@@ -124,7 +124,7 @@ def test_file_driver_setup_error_names_the_problem(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", ["../x", "a/b", ".hidden"])
 def test_file_driver_refuses_ids_that_name_other_files(tmp_path: Path, bad: str) -> None:
     driver = FileVolumeDriver(root=str(tmp_path))
-    with pytest.raises(ValueError, match="cannot name a volume"):
+    with pytest.raises(ValueError, match="cannot name anything on a backend"):
         driver.create_volume(VolumeRef(id=bad, size_gb=1))
 
 

@@ -1,0 +1,1 @@
+"""Scheduler drivers: where new work goes, behind ``SchedulerDriver``."""
