@@ -40,6 +40,10 @@ class Result:
 class Executor:
     """Runs commands, optionally as root through a helper prefix."""
 
+    #: Programs started by :meth:`spawn` in this process, kept so that Python neither
+    #: warns about them nor loses track of them; finished ones are dropped at the next spawn.
+    _spawned: dict[int, subprocess.Popen[bytes]] = {}
+
     def __init__(self, root_helper: Sequence[str] = ()) -> None:
         self.root_helper = tuple(root_helper)
 
@@ -106,6 +110,10 @@ class Executor:
                 f"cannot start {shlex.join(argv)}: {exc.strerror or exc}", cmd=argv,
                 stderr=str(exc),
             ) from exc
+        for pid, child in list(Executor._spawned.items()):
+            if child.poll() is not None:
+                del Executor._spawned[pid]
+        Executor._spawned[proc.pid] = proc
         return proc.pid
 
     def _run_once(

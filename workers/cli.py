@@ -242,16 +242,25 @@ def services(ctx: click.Context, as_json: bool) -> None:
     rows = [("SERVICE", "HOST", "STATE", "LAST SEEN", "CAPABILITIES")]
     for r in records:
         seen = "never" if r.age == float("inf") else f"{r.age:.1f}s ago"
-        caps = ", ".join(f"{k}={v}" for k, v in sorted(r.capabilities.items())
-                         if isinstance(v, (int, float, str)))
+        caps = summarize(r.capabilities)
         state = f"{r.state} ({r.disabled_reason})" if r.disabled_reason else r.state
-        rows.append((r.service, r.host, state, seen, caps[:80]))
+        rows.append((r.service, r.host, state, seen, caps))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4]))
                    + "  " + row[4])
     if len(rows) == 1:
         click.echo("(no services have reported; start a node with `taskyard up`)")
+
+
+def summarize(capabilities: dict[str, Any], width: int = 100) -> str:
+    """The figures of a capabilities dict first, then its short words, on one line."""
+    numbers = [f"{k}={v:g}" for k, v in sorted(capabilities.items())
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    words = [f"{k}={v}" for k, v in sorted(capabilities.items())
+             if isinstance(v, str) and len(v) <= 20]
+    line = ", ".join(numbers + words)
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 @services.command()

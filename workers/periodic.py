@@ -59,6 +59,10 @@ class PeriodicTask(Task):
     service: str = ""
     periodic_name: str = ""
     typing = False
+    #: Nobody waits for a run: keep no result of a success (Flower still sees every run
+    #: through events), but keep failures and refusals where they can be looked up.
+    ignore_result = True
+    store_errors_even_if_ignored = True
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         manager = get_manager(self.service)

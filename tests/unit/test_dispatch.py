@@ -202,7 +202,8 @@ def test_the_client_refuses_unknown_endpoints_before_sending(config: Config, met
 
 
 def test_the_client_refuses_an_unknown_service_at_once(config: Config) -> None:
-    with pytest.raises(UnknownService, match="configured services are compute, echo, scheduler, volume"):
+    with pytest.raises(UnknownService,
+                       match="configured services are compute, echo, scheduler, volume"):
         Client("nope", app=create_app(config, set_as_current=False))
 
 

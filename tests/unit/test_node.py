@@ -1,0 +1,71 @@
+"""A node's heartbeat: failures are logged once and retried, never fatal."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+import redis
+
+from workers.node import Heartbeat
+
+
+class FlakyRegistry:
+    """Fails the first ``failures`` reports, then works; signals after ``total`` reports."""
+
+    def __init__(self, failures: int, total: int) -> None:
+        self.failures = failures
+        self.total = total
+        self.calls = 0
+        self.reports: list[dict[str, Any]] = []
+        self.done = threading.Event()
+
+    def report(self, service: str, host: str, info: dict[str, Any]) -> float:
+        self.calls += 1
+        if self.calls >= self.total:
+            self.done.set()
+        if self.calls <= self.failures:
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+        self.reports.append(info)
+        return 0.0
+
+
+class BrokenCapabilities:
+    rpc_api_version = "1.0"
+
+    def capabilities(self) -> dict[str, Any]:
+        raise OSError("statvfs failed")
+
+
+class FakeNode:
+    def __init__(self, registry: FlakyRegistry) -> None:
+        self.registry = registry
+        self.host = "node-h"
+        self.started_at = 1.0
+        self.managers = {"volume": BrokenCapabilities()}
+
+
+def test_heartbeat_failures_are_logged_once_retried_and_recovery_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = FlakyRegistry(failures=5, total=8)
+    beat = Heartbeat(FakeNode(registry), interval=0.001)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="taskyard.node"):
+        beat.start()
+        assert registry.done.wait(10)
+        beat.stop()
+        beat.join(5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("heartbeat of node-h failed" in m for m in messages) == 1
+    assert sum("works again" in m for m in messages) == 1
+    assert registry.reports, "it kept trying until Redis answered"
+
+
+def test_a_manager_whose_capabilities_fail_still_reports_with_the_error() -> None:
+    registry = FlakyRegistry(failures=0, total=1)
+    Heartbeat(FakeNode(registry), interval=1).beat()  # type: ignore[arg-type]
+    (info,) = registry.reports
+    assert info["capabilities"] == {"error": "OSError: statvfs failed"}
+    assert info["report_count"] == 1 and info["host"] == "node-h"
