@@ -122,6 +122,12 @@ def test_a_disabled_node_is_never_chosen(
     assert registry.is_up("volume", "vol-big")
 
 
+@pytest.mark.parametrize("host", ["vol-small", "vol-big"])
+def test_a_host_targeted_call_reaches_only_that_node(client_app: Celery, host: str) -> None:
+    target = Client("volume", app=client_app).prepare(host=host)
+    assert {target.call("ping")["host"] for _ in range(8)} == {host}
+
+
 def test_fanout_with_wait_gathers_every_nodes_answer(client_app: Celery) -> None:
     answers = Client("volume", app=client_app).fanout("ping", wait=True)
     assert {host: answer["host"] for host, answer in answers.items()} == {
