@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from workers import logs  # noqa: F401 - installs the logging hooks
 from workers.backend import OVERRIDES
 from workers.config import Config, get_config
 from workers.constants import host_queue
@@ -65,6 +66,10 @@ def celery_settings(config: Config) -> dict[str, Any]:
         "result_backend_transport_options": dict(transport),
         "visibility_timeout": config.visibility_timeout,
         "result_expires": config.result_expires,
+        # What Flower needs to show the fleet.
+        "worker_send_task_events": config.task_events,
+        "task_send_sent_event": config.task_sent_events,
+        "task_track_started": config.task_track_started,
         "task_queues": queues,
         "task_default_queue": next(iter(config.services), "taskyard"),
         "task_create_missing_queues": True,

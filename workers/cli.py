@@ -151,12 +151,14 @@ def redis_answers(url: str) -> bool:
 
 @main.command()
 @_worker_options
+@click.option("--flower", "with_flower", is_flag=True, help="Start Flower beside the node.")
 @reports_errors
-def up(host: str | None, concurrency: int, pool: str, loglevel: str) -> None:
+def up(host: str | None, concurrency: int, pool: str, loglevel: str, with_flower: bool) -> None:
     """Run a node with every configured service, starting a private Redis if none answers."""
     _use_host(host)
     config = config_mod.get_config()
     server = None
+    flower = None
     if config.embedded_url:
         click.echo(f"taskyard: using the private redis-server at {config.embedded_url}", err=True)
     elif not redis_answers(config.redis_url):
@@ -173,8 +175,16 @@ def up(host: str | None, concurrency: int, pool: str, loglevel: str) -> None:
         )
         _reload()
     try:
+        if with_flower:
+            from workers.flower import start_flower_process, url
+
+            flower = start_flower_process(config_mod.get_config())
+            click.echo(f"taskyard: Flower at {url(config)}", err=True)
         run_worker((), pool=pool, concurrency=concurrency, loglevel=loglevel)
     finally:
+        if flower is not None:
+            flower.terminate()
+            flower.wait(10)
         if server is not None:
             server.stop()
             embedded.forget(config.state_dir)
@@ -198,10 +208,12 @@ def _request_options(fn: F) -> F:
 def call(service: str, method: str, arguments: tuple[str, ...], host: str | None,
          timeout: float | None) -> None:
     """Call METHOD of SERVICE with key=value ARGUMENTS and print the result as JSON."""
+    from workers.progress import wait_with_progress
     from workers.rpc import Client
 
     client = Client(service).prepare(host=host, timeout=timeout)
-    _print_json(client.call(method, **parse_arguments(arguments)))
+    handle = client.cast(method, **parse_arguments(arguments))
+    _print_json(wait_with_progress(handle, client.timeout, sys.stderr))
 
 
 @main.command()
@@ -213,6 +225,47 @@ def cast(service: str, method: str, arguments: tuple[str, ...], host: str | None
 
     handle = Client(service).prepare(host=host).cast(method, **parse_arguments(arguments))
     _print_json({"task_id": handle.id, "service": service, "method": method, "host": host})
+
+
+# -- watching -------------------------------------------------------------------
+
+
+@main.command("flower")
+@click.option("--address", help="Listen here (default: settings flower.address).")
+@click.option("--port", type=int, help="Port (default: settings flower.port).")
+@reports_errors
+def run_flower_command(address: str | None, port: int | None) -> None:
+    """Run Flower for this fleet (http://127.0.0.1:5555/ by default)."""
+    from dataclasses import replace
+
+    from workers.app import get_app
+    from workers.flower import run_flower
+
+    config = config_mod.get_config()
+    if address is not None or port is not None:
+        flower = replace(config.flower, address=config.flower.address if address is None
+                         else address, port=config.flower.port if port is None else port)
+        config = config.with_overrides(flower=flower)
+    code = run_flower(get_app(), config)
+    if code:
+        sys.exit(code)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--timeout", type=float, default=1.0, show_default=True,
+              help="Seconds to wait for nodes to say what they are running.")
+@reports_errors
+def status(as_json: bool, timeout: float) -> None:
+    """The fleet on one screen: nodes, queue lengths, requests running and their progress."""
+    from workers.app import get_app
+    from workers.status import gather, render
+
+    data = gather(config_mod.get_config(), get_app(), timeout)
+    if as_json:
+        _print_json(data)
+    else:
+        click.echo(render(data))
 
 
 # -- settings and fleet ------------------------------------------------------------

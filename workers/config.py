@@ -37,7 +37,7 @@ _INTERNAL_KEYS = frozenset({"SETTINGS", "ENV", "LOAD_DOTENV", "ENV_FOR_DYNACONF"
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SECRET_WORDS = ("password", "secret", "key")
+_SECRET_WORDS = ("password", "secret", "key", "auth", "token")
 MASK = "****"
 
 
@@ -51,6 +51,22 @@ class ServiceConfig:
     driver_options: Mapping[str, Any] = field(default_factory=dict)
     #: Periodic task name -> spacing in seconds, replacing the manager's own.
     periodic: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FlowerConfig:
+    """The ``flower`` table: where ``taskyard flower`` listens and who may look."""
+
+    address: str = "127.0.0.1"
+    port: int = 5555
+    #: ``user:password`` pairs; required when ``address`` is not a loopback address.
+    basic_auth: tuple[str, ...] = ()
+    #: Let Flower's HTTP API answer without credentials (it refuses by default).
+    unauthenticated_api: bool = False
+
+    @property
+    def loopback(self) -> bool:
+        return self.address in ("localhost", "::1") or self.address.startswith("127.")
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,11 @@ class Config:
     report_interval: float
     service_down_time: float
     services: Mapping[str, ServiceConfig]
+    #: Workers send task events, callers send task-sent events, STARTED is recorded.
+    task_events: bool = True
+    task_sent_events: bool = True
+    task_track_started: bool = True
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
     #: Everything dynaconf produced (lower-case keys), for ``taskyard config``.
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     #: Set when ``redis_url`` was redirected to a private server started by ``taskyard up``.
@@ -147,9 +168,26 @@ VALIDATORS = [
         messages=_msg("a whole number of seconds greater than 0"),
     ),
     Validator(
-        "embedded_redis",
+        "embedded_redis", "task_events", "task_sent_events", "task_track_started",
+        "flower.unauthenticated_api",
         condition=lambda v: isinstance(v, bool),
         messages=_msg("true or false"),
+    ),
+    Validator(
+        "flower.port",
+        condition=lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536,
+        messages=_msg("a TCP port number (1-65535)"),
+    ),
+    Validator(
+        "flower.address",
+        condition=lambda v: isinstance(v, str),
+        messages=_msg("an address to listen on, e.g. 127.0.0.1 (empty: every interface)"),
+    ),
+    Validator(
+        "flower.basic_auth",
+        condition=lambda v: isinstance(v, (list, tuple))
+        and all(isinstance(x, str) and ":" in x for x in v),
+        messages=_msg('a list of "user:password" strings'),
     ),
     Validator(
         "root_helper", "state_dir",
@@ -276,7 +314,7 @@ def _plain(value: Any, lower_depth: int = 0) -> Any:
 
 
 #: How many levels of each top-level table are settings names (folded to lower case).
-_STRUCTURE_DEPTH = {"services": 3, "celery": 1, "broker_transport_options": 1}
+_STRUCTURE_DEPTH = {"services": 3, "celery": 1, "broker_transport_options": 1, "flower": 1}
 
 
 def build_config(settings: Dynaconf) -> Config:
@@ -305,6 +343,7 @@ def build_config(settings: Dynaconf) -> Config:
             "reports live nodes as down"
         )
     host = raw.get("host") or socket.gethostname()
+    flower = raw.get("flower") or {}
     return Config(
         env=settings.current_env.lower(),
         redis_url=redis_url,
@@ -321,6 +360,15 @@ def build_config(settings: Dynaconf) -> Config:
         report_interval=report_interval,
         service_down_time=down_time,
         services=_services(raw["services"]),
+        task_events=bool(raw.get("task_events", True)),
+        task_sent_events=bool(raw.get("task_sent_events", True)),
+        task_track_started=bool(raw.get("task_track_started", True)),
+        flower=FlowerConfig(
+            address=str(flower.get("address", "127.0.0.1")),
+            port=int(flower.get("port", 5555)),
+            basic_auth=tuple(flower.get("basic_auth") or ()),
+            unauthenticated_api=bool(flower.get("unauthenticated_api", False)),
+        ),
         raw=raw,
         embedded_url=embedded_url,
     )
@@ -368,7 +416,7 @@ def _is_secret(key: str) -> bool:
 
 def masked(value: Any, key: str = "") -> Any:
     """A copy of settings safe to print: secret keys and URL passwords hidden."""
-    if key and _is_secret(key) and value not in (None, "", [], {}):
+    if key and _is_secret(key) and value not in (None, "", [], {}) and not isinstance(value, bool):
         return MASK
     if isinstance(value, Mapping):
         return {k: masked(v, str(k)) for k, v in value.items()}

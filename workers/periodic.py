@@ -30,6 +30,7 @@ from celery import Celery, Task
 from managers.base import PeriodicSpec
 from workers.constants import KEY_PREFIX, host_queue
 from workers.exceptions import UnknownEndpoint
+from workers.logs import log_request
 from workers.services import ServiceSpec, get_manager
 
 log = logging.getLogger("taskyard.periodic")
@@ -63,23 +64,32 @@ class PeriodicTask(Task):
     #: through events), but keep failures and refusals where they can be looked up.
     ignore_result = True
     store_errors_even_if_ignored = True
+    #: A failing run is logged here once, with its traceback; Celery need not log it again.
+    throws = (Exception,)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
         manager = get_manager(self.service)
         key = pending_key(self.service, manager.host, self.periodic_name)
         token = manager.redis.get(key)
         token = token.decode() if isinstance(token, bytes) else token
         if args or kwargs or token != self.request.id:
-            log.warning("refused %s[%s]: it was not sent by this node's scheduler",
-                        self.name, self.request.id)
+            log_request(self.name, manager.host, "-", self.request.id, started,
+                        "refused: not sent by this node's scheduler")
             raise UnknownEndpoint(
                 f"{self.name} runs only when {manager.host}'s own scheduler sends it",
                 {"host": manager.host},
             )
+        outcome = "ok"
         try:
             return getattr(manager, self.periodic_name)()
+        except Exception as exc:
+            outcome = f"error {type(exc).__name__}: {exc}"
+            log.exception("%s failed on %s; the schedule goes on", self.name, manager.host)
+            raise
         finally:
             manager.redis.eval(_RELEASE, 1, key, self.request.id)
+            log_request(self.name, manager.host, "-", self.request.id, started, outcome)
 
 
 def register_periodic_tasks(app: Celery, spec: ServiceSpec) -> list[str]:

@@ -148,13 +148,14 @@ class Client:
             request_id=uuid.uuid4().hex, caller_host=self.config.host, user=self.user
         )
 
-    def _send(self, method: str, kwargs: dict[str, Any], host: str | None) -> Handle:
+    def _send(self, method: str, kwargs: dict[str, Any], host: str | None,
+              shadow: str | None = None) -> Handle:
         self.spec.binder(method).bind((), kwargs)
         queue = host_queue(self.service, host) if host else self.service
         try:
             result = self.app.send_task(
                 self.spec.task_name(method), kwargs=kwargs, queue=queue,
-                headers=self._context().as_headers(),
+                headers=self._context().as_headers(), shadow=shadow,
             )
         except OperationalError as exc:
             raise Unavailable(
@@ -181,7 +182,9 @@ class Client:
         from workers.registry import Registry
 
         hosts = Registry.from_config(self.config).alive_hosts(self.service)
-        handles = {host: self._send(method, kwargs, host) for host in hosts}
+        # The shadow name is what logs and Flower show: "volume.ping (fanout)".
+        shadow = f"{self.spec.task_name(method)} (fanout)"
+        handles = {host: self._send(method, kwargs, host, shadow) for host in hosts}
         if not wait:
             return list(handles)
         outcome: dict[str, Any] = {}

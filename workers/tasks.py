@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ from managers.base import Forward, RequestContext, current_context, current_prog
 from workers.binding import Binder
 from workers.constants import MAX_FORWARD_HOPS, host_queue
 from workers.exceptions import RemoteError, TaskyardError, lookup_wire_error, wire_name
+from workers.logs import log_request
 from workers.services import ServiceSpec, get_manager
 
 log = logging.getLogger("taskyard.dispatch")
@@ -61,31 +63,44 @@ class EndpointTask(Task):
         return self.dispatch(args, kwargs)
 
     def dispatch(self, args: Any, kwargs: Any) -> Any:
-        """Bind, call the manager, and turn the outcome into what crosses the wire."""
+        """Bind, call the manager, and turn the outcome into what crosses the wire.
+
+        Writes one log line per request: endpoint, host, request id,
+        duration and outcome.
+        """
+        started = time.perf_counter()
+        context = context_from_request(self.request)
+        context_token = current_context.set(context)
         host = None
+        outcome = "ok"
         try:
             manager = get_manager(self.service)
             host = manager.host
             bound = self.binder.bind(args, kwargs)
             method = getattr(manager, self.method)
-            context_token = current_context.set(context_from_request(self.request))
             progress_token = current_progress.set(self._report_progress)
             try:
                 return _jsonable(method(**bound))
             finally:
                 current_progress.reset(progress_token)
-                current_context.reset(context_token)
         except Forward as forward:
+            outcome = f"forwarded to {forward.host}"
             return self._forward(forward.host, host, kwargs)
         except TaskyardError as exc:
             if lookup_wire_error(type(exc).__module__, type(exc).__qualname__) is not type(exc):
+                outcome = f"error {type(exc).__name__}"
                 raise RemoteError.from_exception(exc, host) from None
+            outcome = f"error {type(exc).__name__}"
             if host:
                 exc.with_details(host=host)
             raise
         except Exception as exc:
+            outcome = f"error {type(exc).__name__}"
             log.exception("%s failed on %s", self.name, host)
             raise RemoteError.from_exception(exc, host) from None
+        finally:
+            log_request(self.name, host, context.request_id, self.request.id, started, outcome)
+            current_context.reset(context_token)
 
     def _report_progress(self, done: int, total: int, message: str) -> None:
         if self.request.id and not self.request.is_eager:

@@ -4,7 +4,8 @@ A volume is ``<root>/volume-<id>.img``, created and grown with
 ``truncate`` (sparse: only written blocks take space) or, with
 ``preallocate``, written out with ``dd`` in chunks so that progress can be
 reported. A snapshot is ``<root>/snapshot-<id>.img``, copied with
-``cp --sparse=always``. Capacity comes from the filesystem, optionally
+``cp --sparse=always`` (or, for written-out images, with ``dd`` chunk by
+chunk, reporting each). Capacity comes from the filesystem, optionally
 capped by ``capacity_gb`` (what this node offers to the fleet).
 """
 
@@ -91,6 +92,21 @@ class FileVolumeDriver(VolumeDriver):
             if progress:
                 progress(index + 1, chunks, f"wrote {(index * self.chunk_mb + count)} MiB")
 
+    def _copy_in_chunks(self, source: Path, target: Path, size_gb: int,
+                        progress: ProgressCallback | None) -> None:
+        """Copy a written-out image chunk by chunk (``dd``), reporting each chunk."""
+        total_mb = size_gb * 1024
+        chunks = -(-total_mb // self.chunk_mb)
+        for index in range(chunks):
+            count = min(self.chunk_mb, total_mb - index * self.chunk_mb)
+            offset = index * self.chunk_mb
+            self.execute(
+                "dd", f"if={source}", f"of={target}", "bs=1M", f"count={count}",
+                f"skip={offset}", f"seek={offset}", "conv=notrunc,sparse", "status=none",
+            )
+            if progress:
+                progress(index + 1, chunks, f"copied {offset + count} MiB")
+
     def delete_volume(self, volume: VolumeRef) -> None:
         self.execute("rm", "-f", str(self.volume_path(volume.id)))
 
@@ -114,12 +130,15 @@ class FileVolumeDriver(VolumeDriver):
         # Copy to a temporary name first: a crash mid-copy must not leave a
         # truncated file that a repeated request would take for a finished one.
         partial = target.with_suffix(".partial")
-        if progress:
-            progress(0, 1, "copying")
-        self.execute("cp", "--sparse=always", str(source), str(partial))
+        if self.preallocate:
+            self._copy_in_chunks(source, partial, volume.size_gb, progress)
+        else:
+            if progress:
+                progress(0, 1, "copying")
+            self.execute("cp", "--sparse=always", str(source), str(partial))
+            if progress:
+                progress(1, 1, "copied")
         self.execute("mv", "-f", str(partial), str(target))
-        if progress:
-            progress(1, 1, "copied")
         return {"location": str(target)}
 
     def delete_snapshot(self, snapshot: SnapshotRef) -> None:

@@ -312,7 +312,7 @@ def test_effective_settings_mask_secret_keys_from_the_environment(
     assert "pw-456" not in shown
 
 
-def test_masked_hides_values_of_keys_naming_password_secret_or_key() -> None:
+def test_masked_hides_values_of_keys_naming_password_secret_key_auth_or_token() -> None:
     settings = {
         "password": "p1",
         "DB_PASSWORD": "p2",
@@ -320,6 +320,8 @@ def test_masked_hides_values_of_keys_naming_password_secret_or_key() -> None:
         "signing_key": "p4",
         "tokens": ["t1"],
         "keys": ["p5"],
+        "basic_auth": ["user:pw"],
+        "unauthenticated_api": False,
         "nested": {"redis_password": "p6", "plain": "visible"},
         "empty_secret": "",
         "no_password": None,
@@ -335,8 +337,10 @@ def test_masked_hides_values_of_keys_naming_password_secret_or_key() -> None:
         "DB_PASSWORD": MASK,
         "client_secret": MASK,
         "signing_key": MASK,
-        "tokens": ["t1"],
+        "tokens": MASK,
         "keys": MASK,
+        "basic_auth": MASK,
+        "unauthenticated_api": False,
         "nested": {"redis_password": MASK, "plain": "visible"},
         "empty_secret": "",
         "no_password": None,

@@ -127,6 +127,9 @@ def app(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Celery]:
     with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False,
                       queues=queues, shutdown_timeout=10):
         yield app
+        # The last test's isolation has reset these; the worker still runs until here.
+        config_mod.set_config(config)
+        connections.set_client(RECORDS_URL, module_redis)
 
 
 def test_call_returns_the_endpoints_result(app: Celery) -> None:

@@ -89,6 +89,9 @@ def app(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Celery]:
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
                       queues=["tick", "tick.node-p"], shutdown_timeout=10):
         yield app
+        # The last test's isolation has reset these; the worker still runs until here.
+        config_mod.set_config(config)
+        connections.set_client(RECORDS_URL, module_redis)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:

@@ -93,6 +93,20 @@ def test_file_driver_preallocates_in_chunks_and_reports_each(tmp_path: Path) -> 
     assert Path(location["location"]).stat().st_size == GIB
 
 
+def test_file_driver_copies_written_out_images_in_chunks_and_reports_each(
+    tmp_path: Path,
+) -> None:
+    driver = FileVolumeDriver(root=str(tmp_path), preallocate=True, chunk_mb=512)
+    driver.do_setup()
+    vol = VolumeRef(id="v1", size_gb=1)
+    driver.create_volume(vol)
+    seen: list[tuple[int, int, str]] = []
+    snap = driver.create_snapshot(SnapshotRef(id="s1", volume_id="v1", size_gb=1), vol,
+                                  lambda d, t, m: seen.append((d, t, m)))
+    assert seen == [(1, 2, "copied 512 MiB"), (2, 2, "copied 1024 MiB")]
+    assert Path(snap["location"]).stat().st_size == GIB
+
+
 def test_file_driver_runs_exactly_these_commands(tmp_path: Path) -> None:
     executor = RecordingExecutor()
     driver = FileVolumeDriver(root=str(tmp_path), executor=executor)

@@ -1,0 +1,158 @@
+"""Watching pieces without processes: progress display, Flower settings, log lines, status."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from managers.base import RequestContext, current_context
+from tests.conftest import make_config
+from workers.config import FlowerConfig
+from workers.exceptions import ConfigError, Timeout
+from workers.flower import check_exposure, flower_argv, flower_environment
+from workers.logs import LOG_FORMAT, RequestIdFilter
+from workers.progress import render, wait_with_progress
+from workers.status import render as render_status
+
+
+class ScriptedHandle:
+    """A handle whose progress follows a script, one step per look."""
+
+    service, method, id = "volume", "create_volume", "task-1"
+
+    def __init__(self, steps: list[dict[str, Any] | None], result: Any) -> None:
+        self.steps = list(steps)
+        self.result = result
+        self.looks = 0
+
+    def ready(self) -> bool:
+        return self.looks >= len(self.steps)
+
+    def progress(self) -> dict[str, Any] | None:
+        step = self.steps[self.looks]
+        self.looks += 1
+        return step
+
+    def wait(self, timeout: float | None = None) -> Any:
+        return self.result
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def step(done: int, total: int, message: str) -> dict[str, Any]:
+    return {"done": done, "total": total, "message": message}
+
+
+@pytest.fixture(autouse=True)
+def _fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("workers.progress.POLL_INTERVAL_S", 0)
+
+
+def test_the_bar_shows_how_far_the_work_has_come() -> None:
+    assert render(step(3, 10, "copying"), width=10) == "[###.......] 3/10 copying"
+    assert render(step(0, 0, ""), width=4) == "[....] 0/0"
+
+
+def test_progress_goes_to_a_pipe_as_one_plain_line_per_step() -> None:
+    handle = ScriptedHandle([step(1, 4, "a"), step(1, 4, "a"), None, step(2, 4, "b")], "done")
+    out = io.StringIO()
+    assert wait_with_progress(handle, 10, out) == "done"  # type: ignore[arg-type]
+    assert out.getvalue() == "progress 1/4 a\nprogress 2/4 b\n"
+
+
+def test_progress_on_a_terminal_is_one_bar_redrawn_in_place() -> None:
+    handle = ScriptedHandle([step(1, 2, "half"), step(2, 2, "all")], {"ok": True})
+    out = FakeTerminal()
+    wait_with_progress(handle, 10, out)  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n") and "2/2 all" in text
+
+
+def test_a_call_without_progress_prints_nothing_on_stderr() -> None:
+    out = io.StringIO()
+    wait_with_progress(ScriptedHandle([None, None], 1), 10, out)  # type: ignore[arg-type]
+    assert out.getvalue() == ""
+
+
+def test_waiting_with_progress_still_times_out_saying_it_may_still_run() -> None:
+    class Never(ScriptedHandle):
+        def ready(self) -> bool:
+            return False
+
+        def progress(self) -> None:
+            return None
+
+    with pytest.raises(Timeout, match="may still run"):
+        wait_with_progress(Never([], None), 0.01, io.StringIO())  # type: ignore[arg-type]
+
+
+def test_flower_listens_on_loopback_without_credentials_by_default() -> None:
+    config = make_config()
+    assert config.flower == FlowerConfig("127.0.0.1", 5555, (), False)
+    check_exposure(config)
+    assert flower_argv(config)[:3] == ["flower", "--address=127.0.0.1", "--port=5555"]
+    assert flower_environment(config) == {}
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "", "10.1.2.3"])
+def test_flower_off_loopback_needs_credentials(address: str) -> None:
+    config = make_config()
+    exposed = config.with_overrides(flower=replace(config.flower, address=address))
+    with pytest.raises(ConfigError, match=r"flower\.basic_auth"):
+        check_exposure(exposed)
+    guarded = exposed.with_overrides(
+        flower=replace(exposed.flower, basic_auth=("a:b", "c:d"), unauthenticated_api=True))
+    check_exposure(guarded)
+    assert flower_environment(guarded) == {"FLOWER_BASIC_AUTH": "a:b,c:d",
+                                           "FLOWER_UNAUTHENTICATED_API": "true"}
+
+
+def test_flower_credentials_must_be_user_colon_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKYARD_FLOWER__BASIC_AUTH", '["nopassword"]')
+    with pytest.raises(ConfigError, match='expected a list of "user:password" strings'):
+        make_config()
+
+
+def test_every_log_line_carries_the_request_in_hand() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger = logging.getLogger("taskyard.test.logs")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("outside")
+        token = current_context.set(RequestContext(request_id="abc123"))
+        try:
+            logger.info("inside")
+        finally:
+            current_context.reset(token)
+    finally:
+        logger.removeHandler(handler)
+    outside, inside = stream.getvalue().splitlines()
+    assert "[req=-] taskyard.test.logs: outside" in outside
+    assert "[req=abc123] taskyard.test.logs: inside" in inside
+
+
+def test_status_renders_nodes_queues_and_progress() -> None:
+    text = render_status({
+        "services": {"volume": {"states": {"up": 1, "down": 1},
+                                "hosts": [{"host": "a", "state": "up", "age": 1.0},
+                                          {"host": "b", "state": "down", "age": 99.0}]}},
+        "queues": {"volume": 3, "volume.a": 0},
+        "running": [{"name": "volume.create_volume", "worker": "taskyard@a", "id": "0123456789",
+                     "state": "PROGRESS", "progress": step(2, 8, "wrote 128 MiB")}],
+        "answered": ["taskyard@a"],
+    })
+    assert "volume       1 down, 1 up" in text and "a(up) b(down)" in text
+    assert "volume                              3 waiting" in text
+    assert "volume.create_volume" in text and "01234567  2/8 wrote 128 MiB" in text
+    assert "RUNNING  (nodes answering: 1)" in text
