@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -95,6 +96,8 @@ class RequestContext:
     caller_host: str | None = None
     user: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The message's task id: the same on every delivery of one message.
+    task_id: str | None = None
 
     def as_headers(self) -> dict[str, Any]:
         return {
@@ -246,6 +249,19 @@ class Manager:
             raise RuntimeError(f"{type(self).__name__} was built without a fleet")
         return self._fleet
 
+    def new_id(self, kind: str) -> str:
+        """An id for a resource this request creates, the same on every delivery.
+
+        Derived from the message's task id, so a message delivered again
+        (after a crash, before its ack) names the same resource and the
+        endpoint finds it instead of making a second one. Outside a request
+        (a manager called directly) it is random.
+        """
+        context = current_context.get()
+        if context is None or not context.task_id:
+            return str(uuid.uuid4())
+        return str(uuid.uuid5(_ID_NAMESPACE, f"{self.service}:{kind}:{context.task_id}"))
+
     def forward_to(self, host: str) -> None:
         """Hand the request in hand to ``host`` (which owns the resource); never returns."""
         raise Forward(host)
@@ -260,6 +276,10 @@ class Manager:
             "rpc_api_version": self.rpc_api_version,
             "started_at": self.started_at,
         }
+
+
+#: Namespace of the ids :meth:`Manager.new_id` derives from task ids.
+_ID_NAMESPACE = uuid.UUID("6d1f3f5e-4b0c-4d0e-9a51-7a8d2f0c1e3b")
 
 
 def now() -> str:

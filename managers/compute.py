@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from typing import Any
 
 from drivers.compute.base import MISSING, RUNNING, STOPPED, ComputeDriver, InstanceRef
@@ -73,7 +72,7 @@ class ComputeManager(Manager):
                 f"instance_id {instance_id!r} is not a valid id: use 1-64 letters, digits, "
                 "'_' or '-'", {"argument": "instance_id"},
             )
-        instance_id = instance_id or str(uuid.uuid4())
+        instance_id = instance_id or self.new_id("instance")
         stamp = now()
         record, created = self.instances.create(instance_id, {
             "id": instance_id, "name": name, "image": image, "host": self.host,

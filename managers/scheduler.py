@@ -9,7 +9,6 @@ the new resource's id and the task id, which the caller can wait on with
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from drivers.scheduler.base import HostState, PlacementRequest, SchedulerDriver
@@ -46,7 +45,7 @@ class SchedulerManager(Manager):
         """
         request = PlacementRequest(self.volume_service, {"free_gb": size_gb}, "free_gb")
         host = self._place(request)
-        volume_id = volume_args.pop("volume_id", None) or str(uuid.uuid4())
+        volume_id = volume_args.pop("volume_id", None) or self.new_id("volume")
         return self._hand_on(self.volume_service, host, "create_volume", volume_id,
                              size_gb=size_gb, volume_id=volume_id, **volume_args)
 
@@ -60,7 +59,7 @@ class SchedulerManager(Manager):
         """
         request = PlacementRequest(self.compute_service, {"free_slots": 1}, "free_slots")
         host = self._place(request)
-        instance_id = instance_args.pop("instance_id", None) or str(uuid.uuid4())
+        instance_id = instance_args.pop("instance_id", None) or self.new_id("instance")
         return self._hand_on(self.compute_service, host, "run_instance", instance_id,
                              instance_id=instance_id, **instance_args)
 

@@ -11,7 +11,6 @@ finishes the work or returns what is there.
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 from drivers.volume.base import SnapshotRef, VolumeDriver, VolumeRef
@@ -94,7 +93,7 @@ class VolumeManager(Manager):
     ) -> dict[str, Any]:
         """Create a volume on this node; with a known ``volume_id``, return that volume."""
         _check_size("size_gb", size_gb)
-        volume_id = _check_id("volume_id", volume_id) if volume_id else str(uuid.uuid4())
+        volume_id = _check_id("volume_id", volume_id) if volume_id else self.new_id("volume")
         stamp = now()
         record, created = self.volumes.create(volume_id, {
             "id": volume_id, "name": name, "size_gb": size_gb, "host": self.host,
@@ -212,7 +211,8 @@ class VolumeManager(Manager):
         self, volume_id: str, name: str | None = None, snapshot_id: str | None = None
     ) -> dict[str, Any]:
         """Copy an available volume; with a known ``snapshot_id``, return that snapshot."""
-        snapshot_id = _check_id("snapshot_id", snapshot_id) if snapshot_id else str(uuid.uuid4())
+        snapshot_id = (_check_id("snapshot_id", snapshot_id) if snapshot_id
+                       else self.new_id("snapshot"))
         volume = self.volumes.require(volume_id)
         self._own(volume)
         stamp = now()

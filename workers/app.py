@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery, signals
 from kombu import Queue
@@ -48,6 +49,12 @@ def celery_settings(config: Config) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "broker_url": config.broker_url,
         "result_backend": config.result_backend,
+        # Start-up: each attempt to reach the broker is bounded; a node retries (with a
+        # log line each time) until Redis answers, instead of exiting.
+        "broker_connection_timeout": config.broker_connection_timeout,
+        "broker_connection_max_retries": None,
+        # Messages the consumer cannot run are dead-lettered (workers.consumer).
+        "worker_consumer": "workers.consumer:Consumer",
         # JSON only, both ways: a pickle message is refused, never run.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -76,6 +83,13 @@ def celery_settings(config: Config) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
     }
+    if urlsplit(config.broker_url).scheme in ("redis", "rediss"):
+        # Guards against poison entries in the queues (workers.transport).
+        settings["broker_transport"] = "workers.transport:Transport"
+    if config.broker_url.startswith("rediss://"):
+        settings["broker_use_ssl"] = config.tls.redis_kwargs()
+    if config.result_backend.startswith("rediss://"):
+        settings["redis_backend_use_ssl"] = config.tls.redis_kwargs()
     settings.update(config.raw.get("celery") or {})
     return settings
 
@@ -83,7 +97,9 @@ def celery_settings(config: Config) -> dict[str, Any]:
 def create_app(config: Config | None = None, *, set_as_current: bool = True) -> Celery:
     """A Celery app serving every configured service of ``config``."""
     config = config or get_config()
-    app = Celery("taskyard", set_as_current=set_as_current)
+    # GuardedAMQP checks every message's size and signs it (workers.security).
+    app = Celery("taskyard", set_as_current=set_as_current,
+                 amqp="workers.security:GuardedAMQP")
     app.conf.update(celery_settings(config))
     # Result backends that rebuild only declared exceptions (see workers.backend).
     app.loader.override_backends = dict(OVERRIDES)

@@ -345,5 +345,55 @@ def enable(service: str, host: str) -> None:
     click.echo(f"{service} on {host} enabled" + ("" if was else " (it was not disabled)"))
 
 
+@main.command()
+@click.argument("service", required=False)
+@click.option("--requeue", "requeue_id", metavar="ID", help="Send this dead letter again.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@reports_errors
+def deadletters(service: str | None, requeue_id: str | None, as_json: bool) -> None:
+    """Messages nodes refused, with the reason (of SERVICE, or of every service)."""
+    from workers.app import get_app
+    from workers.connections import client_for
+    from workers.deadletters import DeadLetters
+
+    config = config_mod.get_config()
+    letters = DeadLetters(client_for(config, config.records_url))
+    if requeue_id:
+        entry = requeue(get_app(), letters, requeue_id)
+        click.echo(f"requeued {requeue_id}: {entry['task']}[{entry['task_id']}] "
+                   f"to {entry['queue'] or entry['service']}")
+        return
+    entries = letters.list(service)
+    if as_json:
+        _print_json(entries)
+        return
+    if not entries:
+        click.echo("no dead letters" + (f" for {service}" if service else ""))
+        return
+    import datetime
+
+    for e in entries:
+        at = datetime.datetime.fromtimestamp(e["at"]).strftime("%Y-%m-%d %H:%M:%S")
+        what = e["task"] or "(undecodable)"
+        mark = "" if e["requeueable"] else "  [not requeueable]"
+        click.echo(f"{e['id']}  {at}  {e['service']:<10} {what:<28} on {e['host']}{mark}")
+        click.echo(f"    {e['reason']}")
+
+
+def requeue(app: Any, letters: Any, letter_id: str) -> dict[str, Any]:
+    """Send a dead letter again under its task id, and take it off the list."""
+    service, entry, raw = letters.find(letter_id)
+    if not entry["requeueable"]:
+        raise ConfigError(
+            f"dead letter {letter_id} cannot be requeued: {entry['reason']} (a message that "
+            "could not be read, or failed its signature check, is kept only to be looked at)"
+        )
+    app.send_task(entry["task"], args=entry["args"] or (), kwargs=entry["kwargs"] or {},
+                  task_id=entry["task_id"], queue=entry["queue"] or service,
+                  headers=entry["headers"] or {})
+    letters.remove(service, raw)
+    return entry
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

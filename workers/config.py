@@ -37,6 +37,7 @@ _INTERNAL_KEYS = frozenset({"SETTINGS", "ENV", "LOAD_DOTENV", "ENV_FOR_DYNACONF"
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VERSION_RE = re.compile(r"^\d+\.\d+$")
 _SECRET_WORDS = ("password", "secret", "key", "auth", "token")
 MASK = "****"
 
@@ -51,6 +52,9 @@ class ServiceConfig:
     driver_options: Mapping[str, Any] = field(default_factory=dict)
     #: Periodic task name -> spacing in seconds, replacing the manager's own.
     periodic: Mapping[str, float] = field(default_factory=dict)
+    #: Highest API version (``major.minor``) clients send to this service; None: the
+    #: version of the manager class the client has.
+    version_cap: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,40 @@ class FlowerConfig:
     @property
     def loopback(self) -> bool:
         return self.address in ("localhost", "::1") or self.address.startswith("127.")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """The ``security`` table: message signing keys (never printed)."""
+
+    signing_key: str = field(default="", repr=False)
+    previous_signing_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.signing_key)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """The ``tls`` table: certificates for ``rediss://`` connections."""
+
+    ca_certs: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    cert_reqs: str = "required"
+
+    def redis_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of redis-py (and kombu's ``*_use_ssl`` settings)."""
+        import ssl
+
+        kwargs: dict[str, Any] = {"ssl_cert_reqs": {
+            "required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL,
+            "none": ssl.CERT_NONE}[self.cert_reqs]}
+        for name in ("ca_certs", "certfile", "keyfile"):
+            if getattr(self, name):
+                kwargs[f"ssl_{name}"] = getattr(self, name)
+        return kwargs
 
 
 @dataclass(frozen=True)
@@ -93,6 +131,11 @@ class Config:
     task_sent_events: bool = True
     task_track_started: bool = True
     flower: FlowerConfig = field(default_factory=FlowerConfig)
+    shutdown_timeout: float = 60.0
+    broker_connection_timeout: float = 5.0
+    max_message_bytes: int = 1024 * 1024
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     #: Everything dynaconf produced (lower-case keys), for ``taskyard config``.
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     #: Set when ``redis_url`` was redirected to a private server started by ``taskyard up``.
@@ -156,10 +199,39 @@ VALIDATORS = [
         messages=_msg("a node name of letters, digits, '.', '_' and '-' (empty: the hostname)"),
     ),
     Validator(
-        "rpc_timeout", "report_interval", "service_down_time",
+        "rpc_timeout", "report_interval", "service_down_time", "shutdown_timeout",
+        "broker_connection_timeout",
         must_exist=True,
         condition=lambda v: _is_number(v) and v > 0,
         messages=_msg("a number of seconds greater than 0"),
+    ),
+    Validator(
+        "max_message_bytes",
+        condition=lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1024,
+        messages=_msg("a whole number of bytes, at least 1024"),
+    ),
+    Validator(
+        "security.signing_key",
+        condition=lambda v: isinstance(v, str) and (v == "" or len(v) >= 16),
+        messages={"condition": "settings key {name!r}: expected a key of at least 16 "
+                               "characters (or empty to send messages unsigned)"},
+    ),
+    Validator(
+        "security.previous_signing_keys",
+        condition=lambda v: isinstance(v, (list, tuple)) and all(
+            isinstance(k, str) and len(k) >= 16 for k in v),
+        messages={"condition": "settings key {name!r}: expected a list of keys of at least "
+                               "16 characters"},
+    ),
+    Validator(
+        "tls.ca_certs", "tls.certfile", "tls.keyfile",
+        condition=lambda v: isinstance(v, str) and (v == "" or Path(v).is_file()),
+        messages=_msg("the path of an existing PEM file (or empty)"),
+    ),
+    Validator(
+        "tls.cert_reqs",
+        condition=lambda v: v in ("required", "optional", "none"),
+        messages=_msg("required, optional or none"),
     ),
     Validator(
         "visibility_timeout", "result_expires",
@@ -269,6 +341,12 @@ def _services(raw: Mapping[str, Any]) -> dict[str, ServiceConfig]:
             raise ConfigError(
                 f"settings key '{key}.driver_options' = {options!r}: expected a table"
             )
+        version_cap = table.get("version_cap")
+        if version_cap is not None and not _VERSION_RE.match(str(version_cap)):
+            raise ConfigError(
+                f"settings key '{key}.version_cap' = {version_cap!r}: expected a version "
+                "major.minor such as \"1.2\""
+            )
         periodic = table.get("periodic", {})
         if not isinstance(periodic, Mapping) or not all(
             _is_number(v) and v > 0 for v in periodic.values()
@@ -283,6 +361,7 @@ def _services(raw: Mapping[str, Any]) -> dict[str, ServiceConfig]:
             driver=table["driver"],
             driver_options=dict(options),
             periodic={str(k): float(v) for k, v in periodic.items()},
+            version_cap=str(version_cap) if version_cap is not None else None,
         )
     return services
 
@@ -314,7 +393,8 @@ def _plain(value: Any, lower_depth: int = 0) -> Any:
 
 
 #: How many levels of each top-level table are settings names (folded to lower case).
-_STRUCTURE_DEPTH = {"services": 3, "celery": 1, "broker_transport_options": 1, "flower": 1}
+_STRUCTURE_DEPTH = {"services": 3, "celery": 1, "broker_transport_options": 1, "flower": 1,
+                    "security": 1, "tls": 1}
 
 
 def build_config(settings: Dynaconf) -> Config:
@@ -344,6 +424,8 @@ def build_config(settings: Dynaconf) -> Config:
         )
     host = raw.get("host") or socket.gethostname()
     flower = raw.get("flower") or {}
+    security = raw.get("security") or {}
+    tls = raw.get("tls") or {}
     return Config(
         env=settings.current_env.lower(),
         redis_url=redis_url,
@@ -368,6 +450,18 @@ def build_config(settings: Dynaconf) -> Config:
             port=int(flower.get("port", 5555)),
             basic_auth=tuple(flower.get("basic_auth") or ()),
             unauthenticated_api=bool(flower.get("unauthenticated_api", False)),
+        ),
+        shutdown_timeout=float(raw.get("shutdown_timeout", 60)),
+        broker_connection_timeout=float(raw.get("broker_connection_timeout", 5)),
+        max_message_bytes=int(raw.get("max_message_bytes", 1024 * 1024)),
+        security=SecurityConfig(
+            signing_key=str(security.get("signing_key") or ""),
+            previous_signing_keys=tuple(security.get("previous_signing_keys") or ()),
+        ),
+        tls=TLSConfig(
+            ca_certs=str(tls.get("ca_certs") or ""), certfile=str(tls.get("certfile") or ""),
+            keyfile=str(tls.get("keyfile") or ""),
+            cert_reqs=str(tls.get("cert_reqs") or "required"),
         ),
         raw=raw,
         embedded_url=embedded_url,

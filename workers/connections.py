@@ -23,8 +23,11 @@ _clients: dict[tuple[int, str], Any] = {}
 _lock = threading.Lock()
 
 
-def redis_client(url: str) -> redis.Redis:
-    """The process's client for ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
+def redis_client(url: str, **extra: Any) -> redis.Redis:
+    """The process's client for ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+    ``extra`` (TLS settings) is passed to redis-py when the client is made.
+    """
     key = (os.getpid(), url)
     client = _clients.get(key)
     if client is None:
@@ -37,9 +40,16 @@ def redis_client(url: str) -> redis.Redis:
                     socket_connect_timeout=CONNECT_TIMEOUT_S,
                     health_check_interval=HEALTH_CHECK_INTERVAL_S,
                     retry_on_timeout=True,
+                    **extra,
                 )
                 _clients[key] = client
     return client
+
+
+def client_for(config: Any, url: str) -> redis.Redis:
+    """The process's client for ``url``, with ``config``'s TLS settings for ``rediss://``."""
+    extra = config.tls.redis_kwargs() if url.startswith("rediss://") else {}
+    return redis_client(url, **extra)
 
 
 def set_client(url: str, client: Any) -> None:

@@ -105,6 +105,16 @@ class Conflict(TaskyardError):
 
 
 @wire_error
+class UnsupportedVersion(InvalidRequest):
+    """Raised when a request needs an API version the node does not serve.
+
+    The node serves ``major.minor``; it takes requests of the same major
+    and a minor no newer than its own. Pin ``version_cap`` on newer clients
+    while older nodes remain in the fleet.
+    """
+
+
+@wire_error
 class NoValidHost(TaskyardError):
     """Raised when no host can take new work; the message gives each filter's reasons."""
 

@@ -25,7 +25,7 @@ from celery import bootsteps
 import workers
 from managers.base import Manager
 from workers.config import Config, get_config
-from workers.connections import redis_client
+from workers.connections import client_for
 from workers.exceptions import ConfigError
 from workers.periodic import PeriodicScheduler
 from workers.registry import Registry
@@ -128,7 +128,7 @@ class Node:
         periodic = [(s, p) for s in self.services for p in specs[s].periodic.values()]
         if periodic and self.app is not None:
             self.scheduler = PeriodicScheduler(
-                self.app, self.host, redis_client(self.config.records_url), periodic,
+                self.app, self.host, client_for(self.config, self.config.records_url), periodic,
                 pending_ttl=self.config.visibility_timeout,
             )
             try:

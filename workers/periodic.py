@@ -66,6 +66,7 @@ class PeriodicTask(Task):
     store_errors_even_if_ignored = True
     #: A failing run is logged here once, with its traceback; Celery need not log it again.
     throws = (Exception,)
+    Strategy = "workers.security:verifying_strategy"
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.config import Config
-from workers.connections import redis_client
+from workers.connections import client_for
 from workers.constants import registry_key
 
 UP, DOWN, DISABLED = "up", "down", "disabled"
@@ -81,7 +81,8 @@ class Registry:
 
     @classmethod
     def from_config(cls, config: Config) -> Registry:
-        return cls(redis_client(config.records_url), service_down_time=config.service_down_time)
+        return cls(client_for(config, config.records_url),
+                   service_down_time=config.service_down_time)
 
     # -- writing ---------------------------------------------------------------
 

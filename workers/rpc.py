@@ -15,6 +15,7 @@ fails at once, before anything is sent) and again on the node.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -86,6 +87,7 @@ class Handle:
             # ``interval`` only matters for backends that are polled (not Redis).
             return self.result.get(timeout=timeout, propagate=True, interval=0.02)
         except CeleryTimeoutError:
+            self._stop_listening()
             raise Timeout(
                 f"no answer from {self.service}.{self.method} within {timeout:g} s; "
                 f"it may still run (task id {self.id})",
@@ -101,8 +103,18 @@ class Handle:
                 raise
             raise _as_error(exc, self.result) from None
 
+    def _stop_listening(self) -> None:
+        """Drop the backend's subscription for this result until the next wait.
+
+        A caller that gave up waiting should not keep a subscription (and its
+        reconnection attempts) alive; waiting again subscribes again.
+        """
+        # A backend without subscriptions has nothing to drop.
+        with contextlib.suppress(Exception):
+            self.result.backend.remove_pending_result(self.result)
+
     def __repr__(self) -> str:
-        return f"<Handle {self.service}.{self.method} {self.id} {self.state}>"
+        return f"<Handle {self.service}.{self.method} {self.id}>"
 
 
 class Client:
@@ -116,25 +128,32 @@ class Client:
         timeout: float | None = None,
         app: Celery | None = None,
         user: str | None = None,
+        version_cap: str | None = None,
     ) -> None:
         self.app = app or _app()
         self.config: Config = self.app.taskyard_config  # type: ignore[attr-defined]
-        self.config.service(service)  # UnknownService at once
+        service_config = self.config.service(service)  # UnknownService at once
         self.spec: ServiceSpec = service_specs(self.config)[service]
         self.service = service
         self.host = host
         self.timeout = self.config.rpc_timeout if timeout is None else float(timeout)
         self.user = user
+        #: The API version requests ask for: the cap when one is set (here or in
+        #: settings), else the version of the manager class this client knows.
+        self.version = (version_cap or service_config.version_cap
+                        or self.spec.manager_cls.rpc_api_version)
 
     def prepare(
-        self, host: str | None = None, timeout: float | None = None, user: str | None = None
+        self, host: str | None = None, timeout: float | None = None, user: str | None = None,
+        version_cap: str | None = None,
     ) -> Client:
-        """A client like this one, bound to ``host``'s own queue and/or another timeout."""
+        """A client like this one, bound to ``host``'s own queue, another timeout or version."""
         return Client(
             self.service, app=self.app,
             host=host if host is not None else self.host,
             timeout=timeout if timeout is not None else self.timeout,
             user=user if user is not None else self.user,
+            version_cap=version_cap if version_cap is not None else self.version,
         )
 
     # -- sending ---------------------------------------------------------------
@@ -153,9 +172,11 @@ class Client:
         self.spec.binder(method).bind((), kwargs)
         queue = host_queue(self.service, host) if host else self.service
         try:
+            headers = self._context().as_headers()
+            headers["taskyard_version"] = self.version
             result = self.app.send_task(
                 self.spec.task_name(method), kwargs=kwargs, queue=queue,
-                headers=self._context().as_headers(), shadow=shadow,
+                headers=headers, shadow=shadow,
             )
         except OperationalError as exc:
             raise Unavailable(

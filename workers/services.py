@@ -24,7 +24,7 @@ from drivers.loading import load_driver, load_manager_class
 from managers.base import Manager, PeriodicSpec
 from workers.binding import Binder
 from workers.config import Config, ServiceConfig, get_config
-from workers.connections import redis_client
+from workers.connections import client_for
 from workers.exceptions import ConfigError, UnknownEndpoint
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def build_manager(spec: ServiceSpec, config: Config, redis: Any = None) -> Manag
         host=config.host,
         driver=driver,
         settings=spec.config,
-        redis=redis if redis is not None else redis_client(config.records_url),
+        redis=redis if redis is not None else client_for(config, config.records_url),
         fleet=NodeFleet(config),
     )
 

@@ -16,7 +16,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from workers.config import Config
-from workers.connections import redis_client
+from workers.connections import client_for
 from workers.constants import host_queue
 from workers.registry import Registry
 from workers.tasks import PROGRESS
@@ -30,7 +30,7 @@ def queue_lengths(config: Config, hosts: dict[str, list[str]]) -> dict[str, int]
         names += [host_queue(service, host) for host in hosts.get(service, [])]
     if not config.broker_url.startswith(("redis://", "rediss://", "unix://")):
         return {}
-    pipe = redis_client(config.broker_url).pipeline(transaction=False)
+    pipe = client_for(config, config.broker_url).pipeline(transaction=False)
     for name in names:
         pipe.llen(name)
     return dict(zip(names, pipe.execute(), strict=True))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -22,7 +23,16 @@ from celery import Celery, Task
 from managers.base import Forward, RequestContext, current_context, current_progress
 from workers.binding import Binder
 from workers.constants import MAX_FORWARD_HOPS, host_queue
-from workers.exceptions import RemoteError, TaskyardError, lookup_wire_error, wire_name
+from workers.deadletters import DeadLetters
+from workers.exceptions import (
+    InvalidRequest,
+    RemoteError,
+    TaskyardError,
+    UnknownEndpoint,
+    UnsupportedVersion,
+    lookup_wire_error,
+    wire_name,
+)
 from workers.logs import log_request
 from workers.services import ServiceSpec, get_manager
 
@@ -45,6 +55,7 @@ def context_from_request(request: Any) -> RequestContext:
         request_id=str(request_id or uuid.uuid4().hex),
         caller_host=getattr(request, "taskyard_caller", None),
         user=getattr(request, "taskyard_user", None),
+        task_id=getattr(request, "id", None),
     )
 
 
@@ -58,6 +69,8 @@ class EndpointTask(Task):
     throws = (TaskyardError,)
     #: Arguments are checked by the binder on the node, not by Celery in the caller.
     typing = False
+    #: Signed messages are checked before they reach the pool (workers.security).
+    Strategy = "workers.security:verifying_strategy"
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         return self.dispatch(args, kwargs)
@@ -74,9 +87,15 @@ class EndpointTask(Task):
         host = None
         outcome = "ok"
         try:
+            host = self.check_served()
             manager = get_manager(self.service)
             host = manager.host
-            bound = self.binder.bind(args, kwargs)
+            self.check_version(manager.rpc_api_version)
+            try:
+                bound = self.binder.bind(args, kwargs)
+            except InvalidRequest as exc:
+                self.dead_letter(str(exc), args, kwargs, host)
+                raise
             method = getattr(manager, self.method)
             progress_token = current_progress.set(self._report_progress)
             try:
@@ -102,6 +121,39 @@ class EndpointTask(Task):
             log_request(self.name, host, context.request_id, self.request.id, started, outcome)
             current_context.reset(context_token)
 
+    def check_served(self) -> str:
+        """This node's host; :class:`UnknownEndpoint` when it does not run the service."""
+        config = self.app.taskyard_config
+        if self.service not in served_services(self.app):
+            reason = (f"{self.name}: node {config.host} does not run the {self.service} "
+                      "service; the message was put in a queue of a service it does not serve")
+            self.dead_letter(reason, self.request.args, self.request.kwargs, config.host)
+            raise UnknownEndpoint(reason, {"host": config.host})
+        return config.host
+
+    def check_version(self, served: str) -> None:
+        """:class:`UnsupportedVersion` unless this node serves the version the request needs."""
+        wanted = getattr(self.request, "taskyard_version", None)
+        if wanted is None or wanted == served:
+            return
+        if not version_compatible(str(wanted), served):
+            reason = (f"{self.name} needs API version {wanted}; this node serves {served} "
+                      "(same major, minor up to its own); pin version_cap on the caller "
+                      "until every node is upgraded")
+            self.dead_letter(reason, self.request.args, self.request.kwargs, None)
+            raise UnsupportedVersion(reason, {"served": served, "wanted": str(wanted)})
+
+    def dead_letter(self, reason: str, args: Any, kwargs: Any, host: str | None) -> None:
+        from workers.connections import client_for
+
+        config = self.app.taskyard_config
+        DeadLetters(client_for(config, config.records_url)).add(
+            self.service, reason, host=host or config.host,
+            queue=(self.request.delivery_info or {}).get("routing_key"), task=self.name,
+            task_id=self.request.id, args=list(args or ()), kwargs=kwargs,
+            headers=self.request.headers,
+        )
+
     def _report_progress(self, done: int, total: int, message: str) -> None:
         if self.request.id and not self.request.is_eager:
             self.update_state(state=PROGRESS, meta={"done": done, "total": total,
@@ -123,6 +175,32 @@ class EndpointTask(Task):
             kwargs=dict(kwargs), queue=host_queue(self.service, target), headers=headers
         )
         return self.replace(signature)
+
+
+def version_compatible(wanted: str, served: str) -> bool:
+    """Whether a node serving ``served`` can take a request that needs ``wanted``."""
+    try:
+        want_major, want_minor = (int(p) for p in wanted.split("."))
+        have_major, have_minor = (int(p) for p in served.split("."))
+    except ValueError:
+        return False
+    return want_major == have_major and want_minor <= have_minor
+
+
+_served: dict[tuple[int, int], frozenset[str]] = {}
+
+
+def served_services(app: Celery) -> frozenset[str]:
+    """The services whose queues this worker consumes (all configured ones without -Q)."""
+    key = (os.getpid(), id(app))
+    found = _served.get(key)
+    if found is None:
+        queues = app.amqp.queues
+        names = list((queues.consume_from or queues).keys())
+        configured = set(app.taskyard_config.services)
+        found = frozenset(n.split(".", 1)[0] for n in names) & configured
+        _served[key] = found
+    return found
 
 
 def register_endpoint_tasks(app: Celery, spec: ServiceSpec) -> list[str]:

@@ -155,8 +155,10 @@ def client_config(cluster_env: dict[str, str]) -> Config:
 
 
 @pytest.fixture(scope="module")
-def client_app(client_config: Config) -> Celery:
-    return create_app(client_config, set_as_current=False)
+def client_app(client_config: Config) -> Iterator[Celery]:
+    app = create_app(client_config, set_as_current=False)
+    yield app
+    app.close()  # before the module's Redis stops: no reconnection attempts left behind
 
 
 @pytest.fixture(scope="module")

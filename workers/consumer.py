@@ -1,0 +1,87 @@
+"""The worker's consumer: messages Celery cannot run are dead-lettered, not dropped.
+
+Celery logs and drops a message it cannot decode, a message of a content
+type it does not accept (pickle) and a message of a shape it does not
+know; for a task name it does not have it stores ``NotRegistered``. Each of
+those now also goes to the dead-letter list with the reason, and the caller
+(when the message names its task id) gets a failure it can read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+from workers.connections import client_for
+from workers.deadletters import DeadLetters, service_of
+from workers.exceptions import InvalidRequest
+
+log = logging.getLogger("taskyard.consumer")
+
+
+def _field(message: Any, name: str) -> Any:
+    headers = getattr(message, "headers", None) or {}
+    return headers.get(name) if isinstance(headers, dict) else None
+
+
+def refuse_message(app: Any, message: Any, reason: str, hostname: str | None,
+                   requeueable: bool = True, store_failure: bool = True) -> None:
+    """Dead-letter ``message``, tell its caller why, and take it off the queue."""
+    config = app.taskyard_config
+    task, task_id = _field(message, "task"), _field(message, "id")
+    queue = (getattr(message, "delivery_info", None) or {}).get("routing_key")
+    args = kwargs = None
+    raw = None
+    try:
+        args, kwargs, _ = message.decode()
+    except Exception:
+        raw = message.body
+    DeadLetters(client_for(config, config.records_url)).add(
+        service_of(task or queue, set(config.services)), reason, host=hostname,
+        queue=queue, task=task, task_id=task_id, args=args, kwargs=kwargs,
+        headers=message.headers if isinstance(message.headers, dict) else None, raw=raw,
+        requeueable=requeueable,
+    )
+    if store_failure and task_id:
+        try:
+            app.backend.mark_as_failure(task_id, InvalidRequest(
+                f"{task or 'the message'} was refused by {hostname}: {reason}",
+                {"host": hostname}))
+        except Exception:
+            log.exception("could not store the refusal of %s", task_id)
+    try:
+        message.ack()
+    except Exception:
+        log.exception("could not take refused message %s off its queue", task_id)
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, keeping every message it cannot run as a dead letter."""
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        refuse_message(self.app, message, f"undecodable message: {exc}", self.hostname,
+                       requeueable=False)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        refuse_message(self.app, message, "not a task message (unknown format)",
+                       self.hostname, requeueable=False)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        task = _field(message, "task")
+        log.warning("refused %s[%s]: this node has no such task", task, _field(message, "id"))
+        refuse_message(self.app, message, f"unknown task {task!r}: no such endpoint here",
+                       self.hostname, store_failure=False)
+        # Celery's own answer (NotRegistered) reaches the caller as UnknownEndpoint.
+        self.app.backend.mark_as_failure(_field(message, "id"), _not_registered(task))
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        refuse_message(self.app, message, f"invalid task message: {exc}", self.hostname,
+                       requeueable=False)
+
+
+def _not_registered(name: Any) -> Exception:
+    from celery.exceptions import NotRegistered
+
+    return NotRegistered(str(name))

@@ -1,0 +1,120 @@
+"""Authenticated messages and the size limit, on both ends of the wire.
+
+Sending: every task message of an app goes through :class:`GuardedAMQP`,
+which refuses a body larger than ``max_message_bytes`` (``InvalidRequest``
+in the caller, nothing sent) and, when ``security.signing_key`` is set,
+adds ``taskyard_signature``: an HMAC-SHA256 over the serialized body and
+the canonical JSON of every other header. Forwarded requests, handed-on
+work and periodic runs are signed the same way, since they are sent
+through the same app.
+
+Receiving: the strategy of every endpoint and periodic task checks the
+signature against the signing key and every key in
+``security.previous_signing_keys`` (so keys rotate without a flag day)
+before the message reaches the pool. An unsigned or altered message is
+refused: its caller gets ``InvalidRequest``, and the message goes to the
+dead-letter list with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from celery.app.amqp import AMQP
+from celery.worker.strategy import default as default_strategy
+from kombu.serialization import dumps as kombu_dumps
+
+from workers.exceptions import InvalidRequest
+
+log = logging.getLogger("taskyard.security")
+
+SIGNATURE_HEADER = "taskyard_signature"
+_SCHEME = "v1"
+
+
+def canonical_headers(headers: dict[str, Any]) -> bytes:
+    """The headers as the node will read them (a JSON round trip), sorted, without the signature."""
+    plain = json.loads(json.dumps(
+        {k: v for k, v in headers.items() if k != SIGNATURE_HEADER}, default=str))
+    return json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign(key: str, body: bytes, headers: dict[str, Any]) -> str:
+    mac = hmac.new(key.encode(), digestmod=hashlib.sha256)
+    mac.update(len(body).to_bytes(8, "big"))
+    mac.update(body)
+    mac.update(canonical_headers(headers))
+    return f"{_SCHEME}:{mac.hexdigest()}"
+
+
+def verify(keys: Iterable[str], body: bytes, headers: dict[str, Any]) -> str | None:
+    """None when one of ``keys`` signed this message; otherwise why it is refused."""
+    given = headers.get(SIGNATURE_HEADER)
+    if not given:
+        return "unsigned message: this fleet requires signed messages (security.signing_key)"
+    if not isinstance(given, str) or not given.startswith(f"{_SCHEME}:"):
+        return "unreadable signature"
+    for key in keys:
+        if hmac.compare_digest(given, sign(key, body, headers)):
+            return None
+    return "bad signature: the message was altered, or signed with a key this node does not have"
+
+
+def _body_bytes(body: Any) -> bytes:
+    return body.encode() if isinstance(body, str) else bytes(body)
+
+
+class GuardedAMQP(AMQP):
+    """Celery's AMQP helper whose task sender checks size and signs (see module doc)."""
+
+    def _create_task_sender(self) -> Callable[..., Any]:
+        send = super()._create_task_sender()
+        config = self.app.taskyard_config
+        limit = config.max_message_bytes
+        key = config.security.signing_key
+        serializer = self.app.conf.task_serializer
+
+        def send_task_message(producer: Any, name: str, message: Any, **kwargs: Any) -> Any:
+            headers, _, body, _ = message
+            extra = kwargs.pop("headers", None)
+            if extra:
+                headers.update(extra)
+            _, _, data = kombu_dumps(body, serializer=kwargs.get("serializer") or serializer)
+            payload = _body_bytes(data)
+            if len(payload) > limit:
+                raise InvalidRequest(
+                    f"{name}: the request is {len(payload)} bytes, more than max_message_bytes "
+                    f"({limit}); send a reference to the data instead of the data",
+                    {"argument": None},
+                )
+            if key:
+                headers[SIGNATURE_HEADER] = sign(key, payload, headers)
+            return send(producer, name, message, **kwargs)
+
+        return send_task_message
+
+
+def verifying_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
+    """Celery's default strategy, behind a signature check when signing is on."""
+    handler = default_strategy(task, app, consumer, **kwargs)
+    security = app.taskyard_config.security
+    if not security.enabled:
+        return handler
+    keys = (security.signing_key, *security.previous_signing_keys)
+
+    def task_message_handler(message: Any, body: Any, ack: Any, reject: Any,
+                             callbacks: Any, **kw: Any) -> Any:
+        problem = verify(keys, _body_bytes(message.body), message.headers or {})
+        if problem is None:
+            return handler(message, body, ack, reject, callbacks, **kw)
+        from workers.consumer import refuse_message
+
+        refuse_message(app, message, problem, consumer.hostname, requeueable=False)
+        return None
+
+    return task_message_handler

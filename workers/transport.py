@@ -1,0 +1,115 @@
+"""kombu's Redis transport, guarded against envelopes that would stop a node.
+
+One malformed entry pushed into a queue's Redis list (not JSON, truncated
+JSON, JSON that is not an envelope) makes kombu's Redis channel raise out of
+the consumer, and a plain Celery worker exits, the entry already popped and
+lost. So do oversized messages cost memory before anything can refuse them.
+
+This transport runs kombu's own ``_brpop_read`` and ``_get`` (their code,
+unchanged) with a ``loads`` that checks the raw entry first: an entry that
+is too large or is not an envelope goes to the dead-letter list of its
+queue's service, and the read reports "nothing here" (``Empty``) so the
+consumer simply goes on with the next message.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Callable
+from queue import Empty
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.json import loads
+
+from workers.deadletters import DeadLetters, service_of
+
+log = logging.getLogger("taskyard.transport")
+
+_ENVELOPE_KEYS = frozenset({"body", "headers", "properties"})
+
+
+class _RecordingCycle:
+    """The channel's queue cycle, remembering the queue the last message came from."""
+
+    def __init__(self, inner: Any, channel: Channel) -> None:
+        self._inner = inner
+        self._channel = channel
+
+    def rotate(self, last_used: str) -> Any:
+        self._channel.last_queue = last_used
+        return self._inner.rotate(last_used)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_inner", "_channel"):
+            raise AttributeError(name)  # not yet set (a copy in the making): never recurse
+        return getattr(self._inner, name)
+
+
+def _settings() -> tuple[int, set[str], str | None]:
+    """(max message bytes, configured services, this host) of the process."""
+    from workers.config import get_config
+
+    config = get_config()
+    return config.max_message_bytes, set(config.services), config.host
+
+
+class Channel(kombu_redis.Channel):
+    """A Redis channel that dead-letters entries it cannot hand on as messages."""
+
+    last_queue: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_message_bytes, self.known_services, self.host = _settings()
+        self._queue_cycle = _RecordingCycle(self._queue_cycle, self)
+        self._brpop_read = self._guard(kombu_redis.Channel._brpop_read)  # type: ignore[method-assign]
+        self._get = self._guard(kombu_redis.Channel._get, takes_queue=True)  # type: ignore[method-assign]
+        self.handlers["BRPOP"] = self._brpop_read
+
+    def _guard(self, method: Callable[..., Any], takes_queue: bool = False) -> Any:
+        """``method`` of kombu's channel, run with a ``loads`` that checks the entry."""
+        channel = self
+
+        def call(this: Any, *args: Any, **kwargs: Any) -> Any:
+            if takes_queue and args:
+                channel.last_queue = args[0]
+            return guarded(this, *args, **kwargs)
+
+        def checked_loads(text: str) -> Any:
+            return channel.check_entry(text)
+
+        namespace = dict(method.__globals__)
+        namespace["loads"] = checked_loads
+        guarded = types.FunctionType(method.__code__, namespace, method.__name__,
+                                     method.__defaults__, method.__closure__)
+        guarded.__kwdefaults__ = method.__kwdefaults__
+        return types.MethodType(call, self)
+
+    def check_entry(self, text: str) -> Any:
+        """The envelope in ``text``; or dead-letter it and report ``Empty``."""
+        if len(text) > self.max_message_bytes:
+            self.refuse(text, f"message of {len(text)} bytes is larger than "
+                              f"max_message_bytes ({self.max_message_bytes})")
+        try:
+            envelope = loads(text)
+        except ValueError as exc:
+            self.refuse(text, f"not a message: the entry is not valid JSON ({exc})")
+        if not isinstance(envelope, dict) or not envelope.keys() >= _ENVELOPE_KEYS:
+            self.refuse(text, "not a message: the entry is JSON but not a kombu envelope "
+                              "(needs body, headers and properties)")
+        return envelope
+
+    def refuse(self, text: str, reason: str) -> None:
+        queue = self.last_queue
+        with self.conn_or_acquire() as client:
+            DeadLetters(client).add(service_of(queue, self.known_services), reason,
+                                    host=self.host, queue=queue, raw=text)
+        raise Empty()
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`Channel`."""
+
+    Channel = Channel
