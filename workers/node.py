@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -99,6 +100,8 @@ class Node:
         self.started_at = time.time()
         self.heartbeat: Heartbeat | None = None
         self.scheduler: PeriodicScheduler | None = None
+        #: Armed when a warm shutdown begins (see :func:`on_shutting_down`).
+        self.deadline: threading.Timer | None = None
         self._left = False
         self._cleaned = False
 
@@ -156,6 +159,8 @@ class Node:
     def stop(self) -> None:
         """Leave, then run every manager's ``cleanup_host`` (running work has finished)."""
         self.leave()
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self._cleaned:
             return
         self._cleaned = True
@@ -193,11 +198,29 @@ class NodeStep(bootsteps.StartStopStep):
         _nodes.append(node)
 
 
-def on_shutting_down(**_: Any) -> None:
-    """Warm shutdown began (signal received): leave the registry now."""
+def on_shutting_down(how: str | None = None, **_: Any) -> None:
+    """Warm shutdown began (signal received): leave the registry now, and start the clock.
+
+    Running requests get ``shutdown_timeout`` seconds to finish; then the
+    node shuts down cold, which stops them and puts their messages back in
+    their queues (they are acknowledged only when done), for another node or
+    this one's next start.
+    """
     node = _current_node()
-    if node is not None:
-        node.leave()
+    if node is None:
+        return
+    node.leave()
+    if how == "Warm" and node.deadline is None:
+        node.deadline = threading.Timer(node.config.shutdown_timeout, _cut_off, (node,))
+        node.deadline.daemon = True
+        node.deadline.start()
+
+
+def _cut_off(node: Node) -> None:
+    log.warning("requests still running %g s after the stop signal (shutdown_timeout): "
+                "stopping them; their messages go back to their queues",
+                node.config.shutdown_timeout)
+    os.kill(os.getpid(), signal.SIGQUIT)
 
 
 def on_shutdown(sender: Any = None, **_: Any) -> None:
