@@ -28,6 +28,9 @@ SOCKET_TIMEOUT_S = 30
 SOCKET_CONNECT_TIMEOUT_S = 5
 #: Seconds of idleness before a pooled Redis connection is checked.
 HEALTH_CHECK_INTERVAL_S = 25
+#: How the result backend retries a lost connection: 5 tries, at most 1 s apart.
+RESULT_RETRY_POLICY = {"max_retries": 5, "interval_start": 0, "interval_step": 0.5,
+                       "interval_max": 1}
 
 
 def celery_settings(config: Config) -> dict[str, Any]:
@@ -70,7 +73,8 @@ def celery_settings(config: Config) -> dict[str, Any]:
         "worker_deduplicate_successful_tasks": True,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport,
-        "result_backend_transport_options": dict(transport),
+        # Give up on an unreachable result backend after a few seconds, not twenty.
+        "result_backend_transport_options": {**transport, "retry_policy": RESULT_RETRY_POLICY},
         "visibility_timeout": config.visibility_timeout,
         "result_expires": config.result_expires,
         # What Flower needs to show the fleet.

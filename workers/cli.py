@@ -348,9 +348,11 @@ def enable(service: str, host: str) -> None:
 @main.command()
 @click.argument("service", required=False)
 @click.option("--requeue", "requeue_id", metavar="ID", help="Send this dead letter again.")
+@click.option("--host", "to_host", help="With --requeue: to this node's own queue instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @reports_errors
-def deadletters(service: str | None, requeue_id: str | None, as_json: bool) -> None:
+def deadletters(service: str | None, requeue_id: str | None, to_host: str | None,
+                as_json: bool) -> None:
     """Messages nodes refused, with the reason (of SERVICE, or of every service)."""
     from workers.app import get_app
     from workers.connections import client_for
@@ -359,9 +361,8 @@ def deadletters(service: str | None, requeue_id: str | None, as_json: bool) -> N
     config = config_mod.get_config()
     letters = DeadLetters(client_for(config, config.records_url))
     if requeue_id:
-        entry = requeue(get_app(), letters, requeue_id)
-        click.echo(f"requeued {requeue_id}: {entry['task']}[{entry['task_id']}] "
-                   f"to {entry['queue'] or entry['service']}")
+        entry, queue = requeue(get_app(), letters, requeue_id, to_host)
+        click.echo(f"requeued {requeue_id}: {entry['task']}[{entry['task_id']}] to {queue}")
         return
     entries = letters.list(service)
     if as_json:
@@ -380,19 +381,25 @@ def deadletters(service: str | None, requeue_id: str | None, as_json: bool) -> N
         click.echo(f"    {e['reason']}")
 
 
-def requeue(app: Any, letters: Any, letter_id: str) -> dict[str, Any]:
-    """Send a dead letter again under its task id, and take it off the list."""
+def requeue(app: Any, letters: Any, letter_id: str,
+            to_host: str | None = None) -> tuple[dict[str, Any], str]:
+    """Send a dead letter again under its task id (a waiting caller gets its answer).
+
+    It goes to its own queue, or to ``to_host``'s; it leaves the list.
+    """
+    from workers.exceptions import InvalidRequest
+
     service, entry, raw = letters.find(letter_id)
     if not entry["requeueable"]:
-        raise ConfigError(
+        raise InvalidRequest(
             f"dead letter {letter_id} cannot be requeued: {entry['reason']} (a message that "
             "could not be read, or failed its signature check, is kept only to be looked at)"
         )
+    queue = host_queue(service, to_host) if to_host else entry["queue"] or service
     app.send_task(entry["task"], args=entry["args"] or (), kwargs=entry["kwargs"] or {},
-                  task_id=entry["task_id"], queue=entry["queue"] or service,
-                  headers=entry["headers"] or {})
+                  task_id=entry["task_id"], queue=queue, headers=entry["headers"] or {})
     letters.remove(service, raw)
-    return entry
+    return entry, queue
 
 
 if __name__ == "__main__":  # pragma: no cover

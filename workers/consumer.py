@@ -26,10 +26,11 @@ def _field(message: Any, name: str) -> Any:
     return headers.get(name) if isinstance(headers, dict) else None
 
 
-def refuse_message(app: Any, message: Any, reason: str, hostname: str | None,
-                   requeueable: bool = True, store_failure: bool = True) -> None:
+def refuse_message(app: Any, message: Any, reason: str, requeueable: bool = True,
+                   store_failure: bool = True) -> None:
     """Dead-letter ``message``, tell its caller why, and take it off the queue."""
     config = app.taskyard_config
+    host = config.host
     task, task_id = _field(message, "task"), _field(message, "id")
     queue = (getattr(message, "delivery_info", None) or {}).get("routing_key")
     args = kwargs = None
@@ -39,7 +40,7 @@ def refuse_message(app: Any, message: Any, reason: str, hostname: str | None,
     except Exception:
         raw = message.body
     DeadLetters(client_for(config, config.records_url)).add(
-        service_of(task or queue, set(config.services)), reason, host=hostname,
+        service_of(task or queue, set(config.services)), reason, host=host,
         queue=queue, task=task, task_id=task_id, args=args, kwargs=kwargs,
         headers=message.headers if isinstance(message.headers, dict) else None, raw=raw,
         requeueable=requeueable,
@@ -47,8 +48,8 @@ def refuse_message(app: Any, message: Any, reason: str, hostname: str | None,
     if store_failure and task_id:
         try:
             app.backend.mark_as_failure(task_id, InvalidRequest(
-                f"{task or 'the message'} was refused by {hostname}: {reason}",
-                {"host": hostname}))
+                f"{task or 'the message'} was refused by node {host}: {reason}",
+                {"host": host}))
         except Exception:
             log.exception("could not store the refusal of %s", task_id)
     try:
@@ -61,24 +62,22 @@ class Consumer(CeleryConsumer):
     """Celery's consumer, keeping every message it cannot run as a dead letter."""
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        refuse_message(self.app, message, f"undecodable message: {exc}", self.hostname,
-                       requeueable=False)
+        refuse_message(self.app, message, f"undecodable message: {exc}", requeueable=False)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         refuse_message(self.app, message, "not a task message (unknown format)",
-                       self.hostname, requeueable=False)
+                       requeueable=False)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         task = _field(message, "task")
         log.warning("refused %s[%s]: this node has no such task", task, _field(message, "id"))
         refuse_message(self.app, message, f"unknown task {task!r}: no such endpoint here",
-                       self.hostname, store_failure=False)
+                       store_failure=False)
         # Celery's own answer (NotRegistered) reaches the caller as UnknownEndpoint.
         self.app.backend.mark_as_failure(_field(message, "id"), _not_registered(task))
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        refuse_message(self.app, message, f"invalid task message: {exc}", self.hostname,
-                       requeueable=False)
+        refuse_message(self.app, message, f"invalid task message: {exc}", requeueable=False)
 
 
 def _not_registered(name: Any) -> Exception:

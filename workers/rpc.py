@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
@@ -93,10 +94,10 @@ class Handle:
                 f"it may still run (task id {self.id})",
                 {"task_id": self.id, "service": self.service, "method": self.method},
             ) from None
-        except OperationalError as exc:
+        except (OperationalError, redis.RedisError) as exc:
             raise Unavailable(
                 f"lost the result backend while waiting for {self.service}.{self.method} "
-                f"(task id {self.id}): {exc}", {"task_id": self.id},
+                f"(task id {self.id}): {exc}; the request may still run", {"task_id": self.id},
             ) from exc
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -178,9 +179,12 @@ class Client:
                 self.spec.task_name(method), kwargs=kwargs, queue=queue,
                 headers=headers, shadow=shadow,
             )
-        except OperationalError as exc:
+        except (OperationalError, redis.RedisError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not isinstance(exc.__cause__, redis.RedisError):
+                raise
+            cause = exc.__cause__ if isinstance(exc, RuntimeError) else exc
             raise Unavailable(
-                f"cannot reach the broker to send {self.service}.{method}: {exc}; "
+                f"cannot reach the broker to send {self.service}.{method}: {cause}; "
                 "the request was not sent",
             ) from exc
         return Handle(result, self.service, method, host, self.timeout)

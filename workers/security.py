@@ -114,7 +114,7 @@ def verifying_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Cal
             return handler(message, body, ack, reject, callbacks, **kw)
         from workers.consumer import refuse_message
 
-        refuse_message(app, message, problem, consumer.hostname, requeueable=False)
+        refuse_message(app, message, problem, requeueable=False)
         return None
 
     return task_message_handler

@@ -1,0 +1,195 @@
+"""Faults for integration tests, loaded by worker nodes through their settings.
+
+Nodes import this module by dotted path (``tests.integration.faults:...``);
+they run with the repository root on ``sys.path`` (see :func:`node_env`).
+Nothing here is imported by the product.
+
+Crashes are controlled by environment variables that do not start with
+``TASKYARD_`` (so the settings never see them):
+
+``CRASH_AT``
+    ``before``: in the driver, before it does anything;
+    ``during``: in the driver, once the image file is half made;
+    ``after``: in the manager, once the driver acted and the record says
+    ``available``, before the message is acknowledged.
+``CRASH_MARKER``
+    A file created (exclusively) just before the crash, holding a JSON
+    account of it. While it exists nobody crashes again, so the message
+    delivered again runs to its end, wherever it lands. Several nodes may
+    share one marker: exactly one of them crashes.
+
+A crash is ``SIGKILL`` to the node's whole process group (the main process
+and its pool children), as a power cut would do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from drivers.volume.base import ProgressCallback, VolumeRef
+from drivers.volume.fake import FakeVolumeDriver
+from drivers.volume.file import FileVolumeDriver
+from managers.base import Manager, endpoint, now
+from managers.volume import VolumeManager
+
+#: Where a crash happens: environment variable and its values.
+CRASH_AT_ENV = "CRASH_AT"
+CRASH_MARKER_ENV = "CRASH_MARKER"
+CRASH_POINTS = ("before", "during", "after")
+
+#: The repository root: nodes need it on ``sys.path`` to import this module.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+MANAGER_PATH = "tests.integration.faults:CrashingVolumeManager"
+DRIVER_PATH = "tests.integration.faults:CrashingFileDriver"
+
+
+def node_env(**extra: str) -> dict[str, str]:
+    """Environment additions that let a node import this module from any cwd."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, **extra}
+
+
+def crash_once(point: str, **details: Any) -> None:
+    """SIGKILL this node's process group if ``CRASH_AT`` is ``point`` and nobody crashed yet."""
+    if os.environ.get(CRASH_AT_ENV) != point:
+        return
+    marker = os.environ.get(CRASH_MARKER_ENV)
+    if not marker:
+        raise RuntimeError(f"{CRASH_AT_ENV}={point} needs {CRASH_MARKER_ENV}=<path>")
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return  # the delivery before this one crashed: this one runs to its end
+    account = {"point": point, "pid": os.getpid(), "pgid": os.getpgrp(),
+               "time": time.time(), **details}
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(account))
+        out.flush()
+        os.fsync(out.fileno())
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The account :func:`crash_once` left at ``path``, or None before any crash."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+class CrashingFileDriver(FileVolumeDriver):
+    """The file driver, crashing its node before or half way through ``create_volume``."""
+
+    def create_volume(
+        self, volume: VolumeRef, progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        path = self.volume_path(volume.id)
+        crash_once("before", volume_id=volume.id, image=str(path))
+        if os.environ.get(CRASH_AT_ENV) == "during":
+            # Half an image, as a crash in the middle of writing it would leave.
+            half_mb = volume.size_gb * 1024 // 2
+            self.execute("truncate", "-s", f"{half_mb}M", str(path))
+            crash_once("during", volume_id=volume.id, image=str(path),
+                       partial_bytes=path.stat().st_size)
+        return super().create_volume(volume, progress)
+
+
+class CrashingVolumeManager(VolumeManager):
+    """The volume manager, crashing its node after ``create_volume`` did everything but return."""
+
+    @endpoint
+    def create_volume(
+        self, size_gb: int, name: str | None = None, volume_id: str | None = None
+    ) -> dict[str, Any]:
+        record = super().create_volume(size_gb=size_gb, name=name, volume_id=volume_id)
+        stored = self.volumes.get(record["id"]) or {}
+        crash_once("after", volume_id=record["id"], status=stored.get("status"),
+                   image=record.get("location"))
+        return record
+
+
+class SlowFakeVolumeDriver(FakeVolumeDriver):
+    """The fake driver, taking ``delay_s`` seconds per volume operation (work in flight)."""
+
+    def __init__(self, delay_s: float = 0.0, **options: Any) -> None:
+        super().__init__(**options)
+        self.delay_s = float(delay_s)
+
+    def create_volume(
+        self, volume: VolumeRef, progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        time.sleep(self.delay_s)
+        return super().create_volume(volume, progress)
+
+
+# -- a slow service, for shutdown tests ------------------------------------------
+
+SLOW_SERVICE = "slow"
+#: Seconds one step of :meth:`SlowManager.work` sleeps before looking again.
+STEP_S = 0.05
+#: Longest a held request waits for its release, in seconds.
+MAX_HOLD_S = 300.0
+
+
+def slow_key(*parts: str) -> str:
+    """Redis keys of the slow service's bookkeeping (read by the tests)."""
+    return ":".join(("faults", SLOW_SERVICE, *parts))
+
+
+def slow_settings(path: Path) -> Path:
+    """Write a settings file adding the slow service (for ``TASKYARD_SETTINGS``); its path."""
+    path.write_text(
+        f"[default.services.{SLOW_SERVICE}]\n"
+        'manager = "tests.integration.faults:SlowManager"\n'
+        'driver = "tests.integration.faults:Sleeper"\n'
+    )
+    return path
+
+
+class Sleeper:
+    """The slow service's driver: sleeps in small steps while ``keep_going()`` holds."""
+
+    def __init__(self, step_s: float = STEP_S) -> None:
+        self.step_s = float(step_s)
+
+    def sleep_while(self, keep_going: Any, limit_s: float) -> bool:
+        """Sleep until ``keep_going()`` is false or ``limit_s`` passed; whether it ended in time."""
+        deadline = time.monotonic() + limit_s
+        while keep_going():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.step_s)
+        return True
+
+
+class SlowManager(Manager):
+    """Requests that take as long as the test wants, recording what happened in Redis.
+
+    ``started`` and ``finished`` are lists of ``<tag> <host> <pid>`` entries;
+    ``cleanup`` holds one entry per ``cleanup_host`` run.
+    """
+
+    driver: Sleeper
+
+    @endpoint
+    def work(self, tag: str, seconds: float = 0.0, hold: bool = False) -> dict[str, Any]:
+        """Sleep ``seconds``; with ``hold``, then wait until the key ``release:<tag>`` exists."""
+        entry = f"{tag} {self.host} {os.getpid()}"
+        self.redis.rpush(slow_key("started"), entry)
+        ends = time.monotonic() + seconds
+        self.driver.sleep_while(lambda: time.monotonic() < ends, seconds + 1)
+        if hold and not self.driver.sleep_while(
+            lambda: not self.redis.exists(slow_key("release", tag)), MAX_HOLD_S
+        ):
+            raise TimeoutError(f"{tag} was never released")
+        self.redis.rpush(slow_key("finished"), entry)
+        return {"tag": tag, "host": self.host, "pid": os.getpid(), "finished_at": now()}
+
+    def cleanup_host(self) -> None:
+        self.redis.rpush(slow_key("cleanup"), f"{self.host} {os.getpid()} {now()}")
