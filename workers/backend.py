@@ -73,6 +73,7 @@ class SafeExceptionsMixin:
         return rebuild_exception(exc)
 
 
+
 class RedisBackend(SafeExceptionsMixin, _RedisBackend):
     """Celery's Redis result backend, rebuilding only declared exceptions."""
 

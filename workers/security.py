@@ -69,14 +69,28 @@ def _body_bytes(body: Any) -> bytes:
     return body.encode() if isinstance(body, str) else bytes(body)
 
 
+def seal(config: Any, name: str, headers: dict[str, Any], body: Any,
+         serializer: str = "json") -> None:
+    """Refuse a body over ``max_message_bytes``; sign ``headers`` when signing is on."""
+    _, _, data = kombu_dumps(body, serializer=serializer)
+    payload = _body_bytes(data)
+    limit = config.max_message_bytes
+    if len(payload) > limit:
+        raise InvalidRequest(
+            f"{name}: the request is {len(payload)} bytes, more than max_message_bytes "
+            f"({limit}); send a reference to the data instead of the data",
+            {"argument": None},
+        )
+    if config.security.signing_key:
+        headers[SIGNATURE_HEADER] = sign(config.security.signing_key, payload, headers)
+
+
 class GuardedAMQP(AMQP):
     """Celery's AMQP helper whose task sender checks size and signs (see module doc)."""
 
     def _create_task_sender(self) -> Callable[..., Any]:
         send = super()._create_task_sender()
         config = self.app.taskyard_config
-        limit = config.max_message_bytes
-        key = config.security.signing_key
         serializer = self.app.conf.task_serializer
 
         def send_task_message(producer: Any, name: str, message: Any, **kwargs: Any) -> Any:
@@ -84,16 +98,7 @@ class GuardedAMQP(AMQP):
             extra = kwargs.pop("headers", None)
             if extra:
                 headers.update(extra)
-            _, _, data = kombu_dumps(body, serializer=kwargs.get("serializer") or serializer)
-            payload = _body_bytes(data)
-            if len(payload) > limit:
-                raise InvalidRequest(
-                    f"{name}: the request is {len(payload)} bytes, more than max_message_bytes "
-                    f"({limit}); send a reference to the data instead of the data",
-                    {"argument": None},
-                )
-            if key:
-                headers[SIGNATURE_HEADER] = sign(key, payload, headers)
+            seal(config, name, headers, body, kwargs.get("serializer") or serializer)
             return send(producer, name, message, **kwargs)
 
         return send_task_message

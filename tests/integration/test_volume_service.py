@@ -222,3 +222,13 @@ def test_plain_celery_runs_the_same_app(
     assert answer["host"] == "node-celery"
     assert node.stop() == 0
     wait_for(lambda: registry.get("volume", "node-celery") is None, 10, "node-celery to leave")
+
+
+def test_cast_many_pipelines_requests_and_each_is_done_once(volume: Client) -> None:
+    ids = [f"bulk-{i}" for i in range(300)]
+    handles = volume.cast_many("create_volume", [{"size_gb": 1, "volume_id": v} for v in ids])
+    assert {h.wait()["id"] for h in handles} == set(ids)
+    listed = [v["id"] for v in volume.call("list_volumes") if v["id"].startswith("bulk-")]
+    assert sorted(listed) == sorted(ids)
+    for handle in volume.cast_many("delete_volume", [{"volume_id": v} for v in ids]):
+        assert handle.wait()["status"] == "deleted"

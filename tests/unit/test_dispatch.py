@@ -261,3 +261,17 @@ def test_the_node_keeps_one_manager_per_service(app: Celery) -> None:
     manager = get_manager("echo")
     assert get_manager("echo") is manager
     assert Client("echo", app=app).call("ping")["host"] == "node-a"
+
+
+def test_cast_many_sends_every_request_and_each_is_served(app: Celery) -> None:
+    handles = Client("echo", app=app).cast_many("echo", [{"text": f"n{i}"} for i in range(20)])
+    assert len({h.id for h in handles}) == 20
+    assert [h.wait() for h in handles] == [f"N{i}" for i in range(20)]
+
+
+def test_cast_many_refuses_every_call_when_one_is_bad(config: Config) -> None:
+    client = Client("echo", app=create_app(config, set_as_current=False))
+    with pytest.raises(InvalidRequest,
+                       match=r"call 2 of 3: echo\.echo: argument 'text' must be str"):
+        client.cast_many("echo", [{"text": "a"}, {"text": "b"}, {"text": 3}])
+    assert client.cast_many("echo", []) == []
