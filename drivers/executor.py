@@ -65,9 +65,7 @@ class Executor:
         """
         if not cmd:
             raise ValueError("execute() needs a command")
-        argv = tuple(str(part) for part in cmd)
-        if run_as_root and self.root_helper:
-            argv = self.root_helper + argv
+        argv = self._argv(cmd, run_as_root)
         ok_codes = None if check_exit_code is False else frozenset(
             (0,) if check_exit_code is True else check_exit_code
         )
@@ -82,6 +80,11 @@ class Executor:
                 time.sleep(RETRY_DELAY_S)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _argv(self, cmd: tuple[str, ...], run_as_root: bool) -> tuple[str, ...]:
+        """The program's argument vector, behind the root helper when asked."""
+        argv = tuple(str(part) for part in cmd)
+        return self.root_helper + argv if run_as_root and self.root_helper else argv
+
     def spawn(
         self,
         *cmd: str,
@@ -95,9 +98,7 @@ class Executor:
         with the worker that started it (a new session, no controlling
         terminal). The caller tracks it by pid.
         """
-        argv = tuple(str(part) for part in cmd)
-        if run_as_root and self.root_helper:
-            argv = self.root_helper + argv
+        argv = self._argv(cmd, run_as_root)
         log.debug("spawning: %s", shlex.join(argv))
         try:
             with open(log_path, "ab") as out:
@@ -175,9 +176,7 @@ class RecordingExecutor(Executor):
 
     def spawn(self, *cmd: str, log_path: str, cwd: str | None = None,
               run_as_root: bool = False) -> int:
-        argv = tuple(str(part) for part in cmd)
-        if run_as_root and self.root_helper:
-            argv = self.root_helper + argv
+        argv = self._argv(cmd, run_as_root)
         self.spawned.append(argv)
         return 100000 + len(self.spawned)
 

@@ -137,18 +137,6 @@ def worker(services: tuple[str, ...], host: str | None, concurrency: int, pool: 
     run_worker(services, pool=pool, concurrency=concurrency, loglevel=loglevel)
 
 
-def redis_answers(url: str) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
 @main.command()
 @_worker_options
 @click.option("--flower", "with_flower", is_flag=True, help="Start Flower beside the node.")
@@ -161,7 +149,7 @@ def up(host: str | None, concurrency: int, pool: str, loglevel: str, with_flower
     flower = None
     if config.embedded_url:
         click.echo(f"taskyard: using the private redis-server at {config.embedded_url}", err=True)
-    elif not redis_answers(config.redis_url):
+    elif not embedded.answers(config.redis_url):
         if not (config.embedded_redis and embedded.is_local(config.redis_url)):
             raise ConfigError(
                 f"nothing answers at redis_url {config_mod.mask_url(config.redis_url)}; start "

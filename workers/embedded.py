@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from workers.exceptions import ConfigError
 
@@ -49,6 +50,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def answers(url: str, timeout: float = 1.0, **extra: Any) -> bool:
+    """Whether a Redis at ``url`` answers PING within ``timeout`` seconds."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                  **extra)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def pid_alive(pid: int) -> bool:
@@ -144,18 +159,7 @@ class RedisServer:
         return self
 
     def ping(self) -> bool:
-        import redis
-
-        client = redis.Redis(
-            host="127.0.0.1", port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5,
-            **self._auth(),
-        )
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return answers(f"redis://127.0.0.1:{self.port}/0", timeout=0.5, **self._auth())
 
     def _auth(self) -> dict[str, str]:
         args = list(self.extra_args)

@@ -22,6 +22,7 @@ from drivers.compute.base import (
     InstanceRef,
     parse_images,
 )
+from drivers.fakes import FakeDriver
 from drivers.ids import safe_id
 
 #: The catalogue used when no ``images`` are configured; real commands, so the
@@ -46,7 +47,7 @@ class FakeInstance:
     console: list[str] = field(default_factory=list)
 
 
-class FakeComputeDriver(ComputeDriver):
+class FakeComputeDriver(FakeDriver, ComputeDriver):
     """Instances as entries in a dict; ``fail`` names operations that raise (for tests).
 
     Options meant for the real driver it stands in for (``root``,
@@ -54,6 +55,9 @@ class FakeComputeDriver(ComputeDriver):
     that switching a service to ``fake`` with one environment variable works
     without touching ``driver_options``.
     """
+
+    interface = ComputeDriver
+    error = ComputeDriverError
 
     def __init__(
         self,
@@ -64,30 +68,12 @@ class FakeComputeDriver(ComputeDriver):
     ) -> None:
         self.catalogue = parse_images(DEFAULT_IMAGES if images is None else images)
         self.max_instances = int(max_instances)
-        self.fail = frozenset(fail)
-        unknown = sorted(self.fail - ComputeDriver.__abstractmethods__)
-        if unknown:
-            raise ValueError(
-                f"fail names {unknown}, which are not ComputeDriver operations "
-                f"({', '.join(sorted(ComputeDriver.__abstractmethods__))})"
-            )
-        self.ignored_options = sorted(other_drivers_options)
+        self.init_fake(fail, other_drivers_options)
         self.instances: dict[str, FakeInstance] = {}
-        self.setup_done = False
         self._last_pid = _FIRST_PID
 
-    def _maybe_fail(self, operation: str) -> None:
-        if operation in self.fail:
-            raise ComputeDriverError(f"fake driver told to fail {operation}")
-
-    def do_setup(self) -> None:
-        self._maybe_fail("do_setup")
-        self.setup_done = True
-
     def check_for_setup_error(self) -> None:
-        self._maybe_fail("check_for_setup_error")
-        if not self.setup_done:
-            raise ComputeDriverError("do_setup() has not run")
+        super().check_for_setup_error()
         if not self.catalogue:
             raise ComputeDriverError("no images: set driver_options.images (name -> command)")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from drivers.fakes import FakeDriver
 from drivers.volume.base import (
     ProgressCallback,
     SnapshotRef,
@@ -19,7 +20,7 @@ from drivers.volume.base import (
 )
 
 
-class FakeVolumeDriver(VolumeDriver):
+class FakeVolumeDriver(FakeDriver, VolumeDriver):
     """Volumes as entries in a dict; ``fail`` names operations that raise (for tests).
 
     Options meant for the real driver it stands in for (``root``, say) are
@@ -27,28 +28,16 @@ class FakeVolumeDriver(VolumeDriver):
     environment variable works without touching ``driver_options``.
     """
 
+    interface = VolumeDriver
+    error = VolumeDriverError
+
     def __init__(
         self, total_gb: int = 1000, fail: Iterable[str] = (), **other_drivers_options: Any
     ) -> None:
         self.total_gb = int(total_gb)
-        self.fail = frozenset(fail)
-        self.ignored_options = sorted(other_drivers_options)
+        self.init_fake(fail, other_drivers_options)
         self.volumes: dict[str, int] = {}
         self.snapshots: dict[str, tuple[str, int]] = {}
-        self.setup_done = False
-
-    def _maybe_fail(self, operation: str) -> None:
-        if operation in self.fail:
-            raise VolumeDriverError(f"fake driver told to fail {operation}")
-
-    def do_setup(self) -> None:
-        self._maybe_fail("do_setup")
-        self.setup_done = True
-
-    def check_for_setup_error(self) -> None:
-        self._maybe_fail("check_for_setup_error")
-        if not self.setup_done:
-            raise VolumeDriverError("do_setup() has not run")
 
     def _provisioned(self) -> int:
         return sum(self.volumes.values()) + sum(size for _, size in self.snapshots.values())
