@@ -24,8 +24,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol, TypeVar
+
+from managers.records import now
+
+__all__ = ["Fleet", "Forward", "Manager", "endpoint", "now", "periodic_task"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -282,6 +285,3 @@ class Manager:
 _ID_NAMESPACE = uuid.UUID("6d1f3f5e-4b0c-4d0e-9a51-7a8d2f0c1e3b")
 
 
-def now() -> str:
-    """The current time as an ISO-8601 UTC string, for records."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")

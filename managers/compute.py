@@ -49,13 +49,6 @@ class ComputeManager(Manager):
         if record.get("host") != self.host:
             self.forward_to(record["host"])
 
-    def _fail(self, instance_id: str, exc: Exception) -> None:
-        self.instances.transition(
-            instance_id, (BUILDING, RUNNING, REBOOTING, STOPPED, DELETING),
-            {"status": ERROR, "error": f"{type(exc).__name__}: {exc}", "updated_at": now()},
-            action="marking the error",
-        )
-
     @endpoint
     def run_instance(
         self, image: str, name: str | None = None, instance_id: str | None = None
@@ -92,23 +85,12 @@ class ComputeManager(Manager):
                     instance_id, (BUILDING,), {"host": self.host, "updated_at": now()},
                     action="taking over the build",
                 )
-        try:
-            updates = self.driver.spawn(self._ref(record))
-        except Exception as exc:
-            self._fail(instance_id, exc)
-            raise
-        try:
-            return self.instances.transition(
-                instance_id, (BUILDING,),
-                {**updates, "status": RUNNING, "power_state": RUNNING, "error": None,
-                 "updated_at": now()},
-                action="finishing run_instance",
-            )
-        except Conflict:
-            current = self.instances.require(instance_id)
-            if current["status"] == RUNNING:
-                return current
-            raise
+        ref = self._ref(record)
+        return self.instances.run_step(
+            instance_id, lambda: self.driver.spawn(ref), allowed=(BUILDING,),
+            updates={"status": RUNNING, "power_state": RUNNING, "error": None},
+            action="finishing run_instance", done_status=RUNNING,
+        )
 
     @endpoint
     def terminate_instance(self, instance_id: str) -> dict[str, Any]:
@@ -121,14 +103,10 @@ class ComputeManager(Manager):
             instance_id, (BUILDING, RUNNING, REBOOTING, STOPPED, ERROR, DELETING),
             {"status": DELETING, "updated_at": now()}, action="terminate_instance",
         )
-        try:
-            self.driver.destroy(self._ref(record))
-        except Exception as exc:
-            self._fail(instance_id, exc)
-            raise
-        return self.instances.transition(
-            instance_id, (DELETING, DELETED),
-            {"status": DELETED, "power_state": None, "updated_at": now()},
+        ref = self._ref(record)
+        return self.instances.run_step(
+            instance_id, lambda: self.driver.destroy(ref), allowed=(DELETING, DELETED),
+            updates={"status": DELETED, "power_state": None},
             action="finishing terminate_instance", retire=True,
         )
 
@@ -141,15 +119,10 @@ class ComputeManager(Manager):
             instance_id, (RUNNING, STOPPED, ERROR, REBOOTING),
             {"status": REBOOTING, "updated_at": now()}, action="reboot_instance",
         )
-        try:
-            updates = self.driver.reboot(self._ref(record))
-        except Exception as exc:
-            self._fail(instance_id, exc)
-            raise
-        return self.instances.transition(
-            instance_id, (REBOOTING,),
-            {**updates, "status": RUNNING, "power_state": RUNNING, "error": None,
-             "updated_at": now()},
+        ref = self._ref(record)
+        return self.instances.run_step(
+            instance_id, lambda: self.driver.reboot(ref), allowed=(REBOOTING,),
+            updates={"status": RUNNING, "power_state": RUNNING, "error": None},
             action="finishing reboot_instance",
         )
 

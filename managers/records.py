@@ -12,8 +12,9 @@ The manager owns its records; drivers never see this module.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from workers.constants import DELETED_RECORD_TTL_S, records_key
@@ -39,7 +40,7 @@ return {1, redis.call('HGETALL', KEYS[1])}
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, {}} end
-local ok = false
+local ok = ARGV[2] == '*'
 for s in string.gmatch(ARGV[2], '[^\\n]+') do if s == cur then ok = true end end
 if not ok then return {2, redis.call('HGETALL', KEYS[1])} end
 if KEYS[3] ~= '' and redis.call('SCARD', KEYS[3]) > 0 then
@@ -54,6 +55,11 @@ if ttl > 0 then
 end
 return {1, redis.call('HGETALL', KEYS[1])}
 """
+
+
+def now() -> str:
+    """The current time as an ISO-8601 UTC string, for records."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _encode(fields: Mapping[str, Any]) -> list[str]:
@@ -71,7 +77,10 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _states(states: Iterable[str]) -> str:
+def _states(states: Iterable[str] | None) -> str:
+    """States as the scripts compare them; ``*`` (None) allows any state."""
+    if states is None:
+        return "*"
     return "\n".join(json.dumps(s) for s in states)
 
 
@@ -145,7 +154,7 @@ class RecordStore:
     def transition(
         self,
         record_id: str,
-        allowed: Iterable[str],
+        allowed: Iterable[str] | None,
         updates: Mapping[str, Any],
         *,
         action: str,
@@ -161,7 +170,7 @@ class RecordStore:
         expire, for the final ``deleted`` state. Raises :class:`NotFound` or
         :class:`Conflict` naming ``action``.
         """
-        allowed = tuple(allowed)
+        allowed = tuple(allowed) if allowed is not None else None
         keys = [
             self.key(record_id),
             self.index_key,
@@ -178,7 +187,7 @@ class RecordStore:
         if code == 2:
             raise Conflict(
                 f"{self.kind} {record_id} is {record.get('status')!r}; {action} needs it to be "
-                f"{' or '.join(allowed)}",
+                f"{' or '.join(allowed or ())}",
                 {"id": record_id, "status": record.get("status")},
             )
         if code == 3:
@@ -187,6 +196,49 @@ class RecordStore:
                 {"id": record_id, "status": record.get("status")},
             )
         return record
+
+    def run_step(
+        self,
+        record_id: str,
+        step: Callable[[], Mapping[str, Any] | None],
+        *,
+        allowed: Iterable[str],
+        updates: Mapping[str, Any],
+        action: str,
+        retire: bool = False,
+        parent: Parent | None = None,
+        done_status: str | None = None,
+    ) -> dict[str, Any]:
+        """Do a backend step for a record, then move the record on.
+
+        ``step`` (a driver call) returns updates for the record. If it raises,
+        the record goes to ``error`` with the reason and the exception goes on
+        to the caller. Otherwise the record moves from one of ``allowed``
+        with the step's and ``updates``'s fields (and a new ``updated_at``). With ``done_status``, a
+        record another delivery of the same request already moved there is
+        returned as it is (the same message, run twice at once).
+        """
+        try:
+            changes = step() or {}
+        except Exception as exc:
+            self.mark_error(record_id, exc)
+            raise
+        try:
+            return self.transition(record_id, allowed,
+                                   {**changes, **updates, "updated_at": now()},
+                                   action=action, retire=retire, parent=parent)
+        except Conflict:
+            if done_status is not None:
+                current = self.require(record_id)
+                if current.get("status") == done_status:
+                    return current
+            raise
+
+    def mark_error(self, record_id: str, exc: BaseException) -> None:
+        """Record that a step failed, and why (whatever state the record was in)."""
+        self.transition(record_id, None, {
+            "status": "error", "error": f"{type(exc).__name__}: {exc}", "updated_at": now(),
+        }, action="marking the error")
 
     def count_children(self, record_id: str, child_kind: str) -> int:
         return int(self.redis.scard(self.children_key(record_id, child_kind)))

@@ -78,13 +78,6 @@ class VolumeManager(Manager):
         if record.get("host") != self.host:
             self.forward_to(record["host"])
 
-    def _fail(self, store: RecordStore, record_id: str, exc: Exception) -> None:
-        store.transition(
-            record_id, (CREATING, EXTENDING, DELETING, AVAILABLE),
-            {"status": ERROR, "error": f"{type(exc).__name__}: {exc}", "updated_at": now()},
-            action="marking the error",
-        )
-
     # -- volumes -------------------------------------------------------------
 
     @endpoint
@@ -119,23 +112,12 @@ class VolumeManager(Manager):
                     volume_id, (CREATING,), {"host": self.host, "updated_at": now()},
                     action="taking over the creation",
                 )
-        try:
-            updates = self.driver.create_volume(self._volume_ref(record), self.report_progress)
-        except Exception as exc:
-            self._fail(self.volumes, volume_id, exc)
-            raise
-        try:
-            return self.volumes.transition(
-                volume_id, (CREATING,),
-                {**updates, "status": AVAILABLE, "error": None, "updated_at": now()},
-                action="finishing create_volume",
-            )
-        except Conflict:
-            # A concurrent delivery of the same request finished first.
-            current = self.volumes.require(volume_id)
-            if current["status"] == AVAILABLE:
-                return current
-            raise
+        ref = self._volume_ref(record)
+        return self.volumes.run_step(
+            volume_id, lambda: self.driver.create_volume(ref, self.report_progress),
+            allowed=(CREATING,), updates={"status": AVAILABLE, "error": None},
+            action="finishing create_volume", done_status=AVAILABLE,
+        )
 
     @endpoint
     def delete_volume(self, volume_id: str) -> dict[str, Any]:
@@ -148,14 +130,10 @@ class VolumeManager(Manager):
             volume_id, (AVAILABLE, ERROR, DELETING), {"status": DELETING, "updated_at": now()},
             action="delete_volume", no_children="snapshot",
         )
-        try:
-            self.driver.delete_volume(self._volume_ref(record))
-        except Exception as exc:
-            self._fail(self.volumes, volume_id, exc)
-            raise
-        return self.volumes.transition(
-            volume_id, (DELETING, DELETED), {"status": DELETED, "updated_at": now()},
-            action="finishing delete_volume", retire=True,
+        ref = self._volume_ref(record)
+        return self.volumes.run_step(
+            volume_id, lambda: self.driver.delete_volume(ref), allowed=(DELETING, DELETED),
+            updates={"status": DELETED}, action="finishing delete_volume", retire=True,
         )
 
     @endpoint
@@ -176,15 +154,11 @@ class VolumeManager(Manager):
             {"status": EXTENDING, "target_size_gb": new_size_gb, "updated_at": now()},
             action="extend_volume",
         )
-        try:
-            updates = self.driver.extend_volume(self._volume_ref(record), new_size_gb)
-        except Exception as exc:
-            self._fail(self.volumes, volume_id, exc)
-            raise
-        return self.volumes.transition(
-            volume_id, (EXTENDING,),
-            {**updates, "status": AVAILABLE, "size_gb": new_size_gb, "target_size_gb": None,
-             "updated_at": now()},
+        ref = self._volume_ref(record)
+        return self.volumes.run_step(
+            volume_id, lambda: self.driver.extend_volume(ref, new_size_gb),
+            allowed=(EXTENDING,),
+            updates={"status": AVAILABLE, "size_gb": new_size_gb, "target_size_gb": None},
             action="finishing extend_volume",
         )
 
@@ -231,24 +205,12 @@ class VolumeManager(Manager):
                 )
             if record["status"] != CREATING:
                 return record
-        try:
-            updates = self.driver.create_snapshot(
-                self._snapshot_ref(record), self._volume_ref(volume), self.report_progress
-            )
-        except Exception as exc:
-            self._fail(self.snapshots, snapshot_id, exc)
-            raise
-        try:
-            return self.snapshots.transition(
-                snapshot_id, (CREATING,),
-                {**updates, "status": AVAILABLE, "updated_at": now()},
-                action="finishing create_snapshot",
-            )
-        except Conflict:
-            current = self.snapshots.require(snapshot_id)
-            if current["status"] == AVAILABLE:
-                return current
-            raise
+        snap, vol = self._snapshot_ref(record), self._volume_ref(volume)
+        return self.snapshots.run_step(
+            snapshot_id, lambda: self.driver.create_snapshot(snap, vol, self.report_progress),
+            allowed=(CREATING,), updates={"status": AVAILABLE},
+            action="finishing create_snapshot", done_status=AVAILABLE,
+        )
 
     @endpoint
     def delete_snapshot(self, snapshot_id: str) -> dict[str, Any]:
@@ -261,14 +223,10 @@ class VolumeManager(Manager):
             snapshot_id, (AVAILABLE, ERROR, DELETING), {"status": DELETING, "updated_at": now()},
             action="delete_snapshot",
         )
-        try:
-            self.driver.delete_snapshot(self._snapshot_ref(record))
-        except Exception as exc:
-            self._fail(self.snapshots, snapshot_id, exc)
-            raise
-        return self.snapshots.transition(
-            snapshot_id, (DELETING, DELETED), {"status": DELETED, "updated_at": now()},
-            action="finishing delete_snapshot", retire=True,
+        snap = self._snapshot_ref(record)
+        return self.snapshots.run_step(
+            snapshot_id, lambda: self.driver.delete_snapshot(snap), allowed=(DELETING, DELETED),
+            updates={"status": DELETED}, action="finishing delete_snapshot", retire=True,
             parent=Parent(self.volumes, record["volume_id"], ()),
         )
 
