@@ -207,14 +207,14 @@ class Manager:
     # -- life cycle ----------------------------------------------------------
 
     def init_host(self) -> None:
-        """Prepare this node before it takes messages: set up and check the driver.
+        """Prepare this node before it takes messages: set up, check and recover the driver.
 
         Runs once per node, before consuming; an exception stops the node.
         Subclasses extend it (and call ``super().init_host()``) to reconcile
         their records with what the backend holds.
         """
         if self.driver is not None:
-            for step in ("do_setup", "check_for_setup_error"):
+            for step in ("do_setup", "check_for_setup_error", "recover"):
                 method = getattr(self.driver, step, None)
                 if callable(method):
                     method()

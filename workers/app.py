@@ -69,7 +69,9 @@ def celery_settings(config: Config) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Requests running when the broker goes away are stopped by our consumer
+        # without being acknowledged (Celery's own cancellation would lose them).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_deduplicate_successful_tasks": True,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport,

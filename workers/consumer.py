@@ -10,9 +10,12 @@ those now also goes to the dead-letter list with the reason, and the caller
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
+from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.state import active_requests
 
 from workers.connections import client_for
 from workers.deadletters import DeadLetters, service_of
@@ -60,6 +63,28 @@ def refuse_message(app: Any, message: Any, reason: str, requeueable: bool = True
 
 class Consumer(CeleryConsumer):
     """Celery's consumer, keeping every message it cannot run as a dead letter."""
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """The broker went away: stop running requests without a verdict.
+
+        Celery's own answer (``worker_cancel_long_running_tasks_on_connection_loss``)
+        records the running requests as revoked and acknowledges them, so a
+        request running when Redis itself restarts is lost. Stopping them
+        without recording anything leaves their messages unacknowledged: they
+        come back after the reconnect and run again (endpoints are idempotent).
+        """
+        with warnings.catch_warnings():
+            # Celery warns that it will cancel running tasks by default one day; we do it here.
+            warnings.simplefilter("ignore", CPendingDeprecationWarning)
+            super().on_connection_error_after_connected(exc)
+        for request in tuple(active_requests):
+            if request.task.acks_late and not request.acknowledged:
+                log.warning("stopping %s[%s]: the broker connection was lost; its message "
+                            "will be delivered again", request.name, request.id)
+                try:
+                    request.cancel(self.pool, emit_retry=False)
+                except Exception:
+                    log.exception("could not stop %s[%s]", request.name, request.id)
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         refuse_message(self.app, message, f"undecodable message: {exc}", requeueable=False)

@@ -81,9 +81,11 @@ class PeriodicTask(Task):
                 f"{self.name} runs only when {manager.host}'s own scheduler sends it",
                 {"host": manager.host},
             )
-        outcome = "ok"
+        outcome = "interrupted"
         try:
-            return getattr(manager, self.periodic_name)()
+            result = getattr(manager, self.periodic_name)()
+            outcome = "ok"
+            return result
         except Exception as exc:
             outcome = f"error {type(exc).__name__}: {exc}"
             log.exception("%s failed on %s; the schedule goes on", self.name, manager.host)

@@ -175,16 +175,15 @@ class Client:
         )
 
     def _send(self, method: str, kwargs: dict[str, Any], host: str | None,
-              shadow: str | None = None) -> Handle:
+              shadow: str | None = None, subscribe: bool = False) -> Handle:
+        """Check and send one request; ``subscribe`` to its result first for a call."""
         self.spec.binder(method).bind((), kwargs)
+        name = self.spec.task_name(method)
         queue = host_queue(self.service, host) if host else self.service
         try:
-            headers = self._context().as_headers()
-            headers["taskyard_version"] = self.version
-            result = self.app.send_task(
-                self.spec.task_name(method), kwargs=kwargs, queue=queue,
-                headers=headers, shadow=shadow,
-            )
+            with self.app.producer_or_acquire() as producer:
+                task_id = self._publish(producer, self._sent_events(), name, queue, kwargs,
+                                        shadow=shadow, subscribe=subscribe, retry=True)
         except (OperationalError, redis.RedisError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and not isinstance(exc.__cause__, redis.RedisError):
                 raise
@@ -193,7 +192,8 @@ class Client:
                 f"cannot reach the broker to send {self.service}.{method}: {cause}; "
                 "the request was not sent",
             ) from exc
-        return Handle(result, self.service, method, host, self.timeout)
+        return Handle(AsyncResult(task_id, app=self.app), self.service, method, host,
+                      self.timeout)
 
     def cast(self, method: str, /, **kwargs: Any) -> Handle:
         """Send a request and return its :class:`Handle` at once."""
@@ -201,7 +201,7 @@ class Client:
 
     def call(self, method: str, /, **kwargs: Any) -> Any:
         """Send a request and wait (up to the timeout) for its result."""
-        return self._send(method, kwargs, self.host).wait()
+        return self._send(method, kwargs, self.host, subscribe=True).wait()
 
     def cast_many(self, method: str, calls: Iterable[Mapping[str, Any]], /, *,
                   batch_size: int = 500) -> list[Handle]:
@@ -234,7 +234,7 @@ class Client:
             ) as connection:
                 producer = self.app.amqp.Producer(connection)
                 producer.maybe_declare(self.app.amqp.queues[queue])  # once, not per message
-                events = self._batched_events(connection, producer)
+                events = self._sent_events()
                 with producer.batch(max_size=batch_size):
                     for kwargs in kwargs_list:
                         task_id = self._publish(producer, events, name, queue, kwargs)
@@ -248,33 +248,47 @@ class Client:
         return handles
 
     def _publish(self, producer: Any, events: Any, name: str, queue: str,
-                 kwargs: dict[str, Any]) -> str:
-        """One task message through ``producer`` (Celery's message format, fewer layers)."""
+                 kwargs: dict[str, Any], *, shadow: str | None = None,
+                 subscribe: bool = False, retry: bool = False) -> str:
+        """One task message through ``producer``, in Celery's format with fewer layers.
+
+        The body is serialized once (to size it, sign it and send it). Its
+        result is subscribed to only when asked (a call waits at once; a cast
+        subscribes when its handle is waited on, reading the stored result
+        first, so nothing is missed). ``retry`` lets a broken pooled
+        connection be replaced transparently (never inside a publish batch).
+        """
         task_id = str(uuid.uuid4())
         headers = self._context().as_headers()
         headers["taskyard_version"] = self.version
-        message = self.app.amqp.create_task_message(
+        task_headers, properties, body, sent_event = self.app.amqp.create_task_message(
             task_id, name, (), kwargs, argsrepr="()", kwargsrepr=_short_repr(kwargs),
-            create_sent_event=events is not None,
+            create_sent_event=events is not None, shadow=shadow,
         )
-        task_headers, properties, body, sent_event = message
         task_headers.update(headers)
-        seal(self.config, name, task_headers, body)
+        payload = seal(self.config, name, task_headers, body)
+        if subscribe:
+            self.app.backend.on_task_call(producer, task_id)
+        policy = self.app.conf.task_publish_retry_policy if retry else None
         producer.publish(
-            body, exchange="", routing_key=queue, serializer="json", declare=(),
-            headers=task_headers, **properties,
+            payload, exchange="", routing_key=queue, content_type="application/json",
+            content_encoding="utf-8", declare=(), headers=task_headers, retry=retry,
+            retry_policy=policy, **properties,
         )
         if events is not None and sent_event:
             events.publish("task-sent", {**sent_event, "queue": queue, "exchange": "",
-                                         "routing_key": queue}, producer=producer)
+                                         "routing_key": queue}, producer, retry=retry,
+                           retry_policy=policy)
         return task_id
 
-    def _batched_events(self, connection: Any, producer: Any) -> Any:
-        """An event dispatcher whose task-sent events ride in the producer's batches."""
+    def _sent_events(self) -> Any:
+        """What publishes task-sent events through a given producer (None when they are off)."""
         if not self.app.conf.task_send_sent_event:
             return None
-        dispatcher = self.app.events.Dispatcher(connection, enabled=True)
-        dispatcher.producer = producer
+        dispatcher = getattr(self.app, "taskyard_sent_events", None)
+        if dispatcher is None:
+            dispatcher = self.app.events.Dispatcher(enabled=False)
+            self.app.taskyard_sent_events = dispatcher
         return dispatcher
 
     def fanout(self, method: str, /, *, wait: bool = False, **kwargs: Any) -> Any:

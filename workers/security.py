@@ -70,8 +70,11 @@ def _body_bytes(body: Any) -> bytes:
 
 
 def seal(config: Any, name: str, headers: dict[str, Any], body: Any,
-         serializer: str = "json") -> None:
-    """Refuse a body over ``max_message_bytes``; sign ``headers`` when signing is on."""
+         serializer: str = "json") -> bytes:
+    """Refuse a body over ``max_message_bytes``; sign ``headers`` when signing is on.
+
+    Returns the serialized body, which a caller may publish as it is.
+    """
     _, _, data = kombu_dumps(body, serializer=serializer)
     payload = _body_bytes(data)
     limit = config.max_message_bytes
@@ -83,6 +86,7 @@ def seal(config: Any, name: str, headers: dict[str, Any], body: Any,
         )
     if config.security.signing_key:
         headers[SIGNATURE_HEADER] = sign(config.security.signing_key, payload, headers)
+    return payload
 
 
 class GuardedAMQP(AMQP):

@@ -85,7 +85,9 @@ class EndpointTask(Task):
         context = context_from_request(self.request)
         context_token = current_context.set(context)
         host = None
-        outcome = "ok"
+        # Until the method returns: a request stopped mid-way (SystemExit in a pool
+        # process at a shutdown cut-off or a lost broker) must not read as done.
+        outcome = "interrupted"
         try:
             host = self.check_served()
             manager = get_manager(self.service)
@@ -99,9 +101,11 @@ class EndpointTask(Task):
             method = getattr(manager, self.method)
             progress_token = current_progress.set(self._report_progress)
             try:
-                return _jsonable(method(**bound))
+                result = _jsonable(method(**bound))
             finally:
                 current_progress.reset(progress_token)
+            outcome = "ok"
+            return result
         except Forward as forward:
             outcome = f"forwarded to {forward.host}"
             return self._forward(forward.host, host, kwargs)

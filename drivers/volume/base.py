@@ -62,6 +62,13 @@ class VolumeDriver(ABC):
     def check_for_setup_error(self) -> None:
         """Raise :class:`VolumeDriverError` saying what to fix when the backend is unusable."""
 
+    def recover(self) -> None:  # noqa: B027 - optional hook: most drivers leave nothing behind
+        """Clean up after a crash: runs once at node start, before any request runs.
+
+        Drivers whose operations leave something behind when cut short (a
+        temporary file, say) remove it here. The default does nothing.
+        """
+
     @abstractmethod
     def create_volume(
         self, volume: VolumeRef, progress: ProgressCallback | None = None

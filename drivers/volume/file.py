@@ -71,13 +71,24 @@ class FileVolumeDriver(VolumeDriver):
         self, volume: VolumeRef, progress: ProgressCallback | None = None
     ) -> dict[str, Any]:
         path = self.volume_path(volume.id)
+        if path.exists():  # made by an earlier delivery of this request
+            return {"location": str(path)}
+        # Made under a temporary name and renamed when whole: a crash half way
+        # leaves a .partial file (removed by recover()), never a short image.
+        partial = path.with_suffix(".partial")
         if self.preallocate:
-            self._write_out(path, volume.size_gb, progress)
+            self._write_out(partial, volume.size_gb, progress)
         else:
-            self.execute("truncate", "-s", f"{volume.size_gb}G", str(path))
+            self.execute("truncate", "-s", f"{volume.size_gb}G", str(partial))
             if progress:
                 progress(1, 1, "allocated")
+        self.execute("mv", "-f", str(partial), str(path))
         return {"location": str(path)}
+
+    def recover(self) -> None:
+        """Remove the ``.partial`` files of operations cut short by a crash of this node."""
+        for leftover in sorted(self.root.glob("*.partial")):
+            self.execute("rm", "-f", str(leftover))
 
     def _write_out(self, path: Path, size_gb: int, progress: ProgressCallback | None) -> None:
         """Write zeros chunk by chunk (``dd`` with ``seek``), reporting each chunk."""

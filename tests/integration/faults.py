@@ -92,11 +92,12 @@ class CrashingFileDriver(FileVolumeDriver):
         path = self.volume_path(volume.id)
         crash_once("before", volume_id=volume.id, image=str(path))
         if os.environ.get(CRASH_AT_ENV) == "during":
-            # Half an image, as a crash in the middle of writing it would leave.
+            # Half an image where the driver makes it, as a crash mid-write would leave.
+            partial = path.with_suffix(".partial")
             half_mb = volume.size_gb * 1024 // 2
-            self.execute("truncate", "-s", f"{half_mb}M", str(path))
-            crash_once("during", volume_id=volume.id, image=str(path),
-                       partial_bytes=path.stat().st_size)
+            self.execute("truncate", "-s", f"{half_mb}M", str(partial))
+            crash_once("during", volume_id=volume.id, image=str(partial),
+                       partial_bytes=partial.stat().st_size)
         return super().create_volume(volume, progress)
 
 
@@ -169,27 +170,31 @@ class Sleeper:
 
 
 class SlowManager(Manager):
-    """Requests that take as long as the test wants, recording what happened in Redis.
+    """Requests that take as long as the test wants, recording what happens in Redis.
 
-    ``started`` and ``finished`` are lists of ``<tag> <host> <pid>`` entries;
-    ``cleanup`` holds one entry per ``cleanup_host`` run.
+    Every event is one entry of the list :func:`slow_key` ``("events")``, in the
+    order it happened: ``started <tag> <host> <pid>``, ``finished <tag> <host>
+    <pid>``, and ``cleanup - <host> <pid>`` for each ``cleanup_host`` run.
     """
 
     driver: Sleeper
 
+    def _record(self, event: str, tag: str) -> None:
+        self.redis.rpush(slow_key("events"), f"{event} {tag} {self.host} {os.getpid()}")
+
     @endpoint
     def work(self, tag: str, seconds: float = 0.0, hold: bool = False) -> dict[str, Any]:
-        """Sleep ``seconds``; with ``hold``, then wait until the key ``release:<tag>`` exists."""
-        entry = f"{tag} {self.host} {os.getpid()}"
-        self.redis.rpush(slow_key("started"), entry)
+        """Sleep ``seconds``; with ``hold``, then wait for ``release:<tag>`` (or ``:*``)."""
+        self._record("started", tag)
         ends = time.monotonic() + seconds
         self.driver.sleep_while(lambda: time.monotonic() < ends, seconds + 1)
+        released = (slow_key("release", tag), slow_key("release", "*"))
         if hold and not self.driver.sleep_while(
-            lambda: not self.redis.exists(slow_key("release", tag)), MAX_HOLD_S
+            lambda: not self.redis.exists(*released), MAX_HOLD_S
         ):
             raise TimeoutError(f"{tag} was never released")
-        self.redis.rpush(slow_key("finished"), entry)
+        self._record("finished", tag)
         return {"tag": tag, "host": self.host, "pid": os.getpid(), "finished_at": now()}
 
     def cleanup_host(self) -> None:
-        self.redis.rpush(slow_key("cleanup"), f"{self.host} {os.getpid()} {now()}")
+        self._record("cleanup", "-")

@@ -23,6 +23,7 @@ from tests.integration import faults
 from tests.integration.conftest import Node, node_environment, wait_for
 from workers.config import Config
 from workers.embedded import RedisServer
+from workers.registry import Registry
 from workers.rpc import Client
 
 GIB = 1024**3
@@ -111,10 +112,10 @@ def assert_made_once(volume: Client, made: dict[str, Any], name: str, state_dir:
 def test_a_create_cut_short_by_a_node_crash_is_finished_once_by_another_node(
     nodes: Callable[..., Node], volume: Client, state_dir: Path, tmp_path: Path, at: str,
 ) -> None:
-    # Both nodes may crash, the shared marker lets only the first one that runs it.
+    # Either node may take the request first; the shared marker lets only that one crash.
     marker = tmp_path / "crash.json"
-    fleet = [nodes(f"shared-{at}-{x}", env=crashing(marker, at), concurrency=1)
-             for x in ("a", "b")]
+    fleet = [nodes(f"shared-{at}-{x}", env=crashing(marker, at), services=["volume"],
+                   concurrency=1) for x in ("a", "b")]
     name = f"shared-{at}"
     handle = volume.cast("create_volume", size_gb=1, name=name)
 
@@ -149,7 +150,7 @@ def test_a_create_cut_short_by_a_crash_is_finished_by_that_node_when_it_comes_ba
 ) -> None:
     marker = tmp_path / "crash.json"
     host = f"solo-{at}"
-    node = nodes(host, env=crashing(marker, at), concurrency=1)
+    node = nodes(host, env=crashing(marker, at), services=["volume"], concurrency=1)
     name = f"solo-{at}"
     # On the node's own queue: nobody else can take it, before or after the crash.
     handle = volume.prepare(host=host).cast("create_volume", size_gb=1, name=name)
@@ -162,7 +163,7 @@ def test_a_create_cut_short_by_a_crash_is_finished_by_that_node_when_it_comes_ba
     assert not handle.ready()
 
     restarted_at = time.time()
-    nodes(host, env=node.env, concurrency=1)
+    nodes(host, env=node.env, services=["volume"], concurrency=1)
     made = handle.wait(timeout=REDELIVERY_DEADLINE_S)
     finished_after = time.time() - restarted_at
 
@@ -170,3 +171,24 @@ def test_a_create_cut_short_by_a_crash_is_finished_by_that_node_when_it_comes_ba
     assert_made_once(volume, made, name, state_dir, host)
     print(f"crash {at}: finished by the restarted {host} {finished_after:.1f} s after "
           f"its restart, {time.time() - account['time']:.1f} s after the crash")
+
+
+def test_a_half_made_image_left_by_a_crash_is_gone_when_its_node_comes_back(
+    nodes: Callable[..., Node], volume: Client, registry: Registry, tmp_path: Path,
+) -> None:
+    marker = tmp_path / "crash.json"
+    fleet = [nodes(f"orphan-{x}", env=crashing(marker, "during"), services=["volume"],
+                   concurrency=1) for x in ("a", "b")]
+    made = volume.cast("create_volume", size_gb=1).wait(timeout=REDELIVERY_DEADLINE_S)
+    account, crashed = wait_for_crash(marker, fleet)
+    assert made["host"] != crashed.host
+
+    back = nodes(crashed.host, env=crashed.env, services=["volume"], concurrency=1)
+
+    def report_of_the_restarted_node() -> Any:
+        record = registry.get("volume", crashed.host)
+        return record if record is not None and record.info["pid"] == back.pid else None
+
+    report = wait_for(report_of_the_restarted_node, 30, "the restarted node to report")
+    assert not Path(account["image"]).exists()
+    assert report.capabilities["provisioned_gb"] == 0

@@ -120,13 +120,26 @@ def test_file_driver_runs_exactly_these_commands(tmp_path: Path) -> None:
     driver.delete_volume(vol)
     image, snap = tmp_path / "volume-v1.img", tmp_path / "snapshot-s1.img"
     assert executor.commands == [
-        ("truncate", "-s", "2G", str(image)),
+        ("truncate", "-s", "2G", str(image.with_suffix(".partial"))),
+        ("mv", "-f", str(image.with_suffix(".partial")), str(image)),
         ("truncate", "-s", "5G", str(image)),
         ("cp", "--sparse=always", str(image), str(snap.with_suffix(".partial"))),
         ("mv", "-f", str(snap.with_suffix(".partial")), str(snap)),
         ("rm", "-f", str(snap)),
         ("rm", "-f", str(image)),
     ]
+
+
+def test_a_create_cut_short_leaves_only_a_partial_file_that_recovery_removes(
+    tmp_path: Path,
+) -> None:
+    driver = FileVolumeDriver(root=str(tmp_path))
+    driver.do_setup()
+    (tmp_path / "volume-v1.partial").write_bytes(b"half")  # what a crash mid-create leaves
+    driver.recover()
+    assert list(tmp_path.iterdir()) == []
+    driver.create_volume(VolumeRef(id="v1", size_gb=1))
+    assert [p.name for p in tmp_path.iterdir()] == ["volume-v1.img"]
 
 
 def test_file_driver_setup_error_names_the_problem(tmp_path: Path) -> None:

@@ -1,0 +1,115 @@
+"""The benchmark suite in --quick mode produces every figure (how fast is never asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+#: Seconds the quick run may take here; it takes about a minute on 2 cores.
+QUICK_RUN_TIMEOUT_S = 400
+
+#: Every figure, and whether it is measured against plain Celery (has a ratio).
+COMPARED = {
+    "throughput_solo", "throughput_threads", "throughput_prefork",
+    "worker_cpu_solo", "worker_cpu_threads", "worker_cpu_prefork",
+    "enqueue_rate", "enqueue_rate_send_task", "client_cpu_cast",
+    "cast_many_rate", "bulk_processed_once",
+    "call_latency_p50", "call_latency_p90", "call_latency_p99",
+    "fanout", "volume_pairs", "rss_idle", "rss_after",
+}
+ALONE = {"ceiling"}
+#: Figures with a target, and the target of the issue.
+TARGETS = {
+    "throughput_solo": (">=", 0.95), "throughput_threads": (">=", 0.95),
+    "throughput_prefork": (">=", 0.95), "call_latency_p50": ("<=", 1.10),
+    "enqueue_rate": (">=", 0.95), "cast_many_rate": (">=", 5.0),
+}
+
+#: The module's quick run happens in whichever test comes first.
+pytestmark = pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 60)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """``python -m bench --quick`` as a user runs it: its printed table and its JSON."""
+    path = tmp_path_factory.mktemp("bench") / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKYARD_", "DYNACONF_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(path)], cwd=PROJECT_ROOT,
+        env=env, capture_output=True, text=True, timeout=QUICK_RUN_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done.stdout, json.loads(path.read_text())
+
+
+def figures(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {figure["key"]: figure for figure in results["figures"]}
+
+
+def numbers(stats: dict[str, Any]) -> list[float]:
+    return [stats["median"], stats["min"], stats["max"], *stats["samples"]]
+
+
+def test_the_quick_run_writes_every_figure_to_json(
+        quick_run: tuple[str, dict[str, Any]]) -> None:
+    _, results = quick_run
+    assert set(figures(results)) == COMPARED | ALONE
+    assert results["meta"]["mode"] == "quick"
+    assert results["meta"]["duration_s"] > 0
+
+
+def test_every_number_is_finite_and_positive(quick_run: tuple[str, dict[str, Any]]) -> None:
+    _, results = quick_run
+    for key, figure in figures(results).items():
+        sides = [figure["taskyard"]] + ([figure["plain"]] if key in COMPARED else [])
+        for stats in sides:
+            values = numbers(stats)
+            assert all(math.isfinite(v) and v > 0 for v in values), (key, stats)
+            assert stats["min"] <= stats["median"] <= stats["max"], (key, stats)
+            assert len(stats["samples"]) >= 3, key
+
+
+def test_every_comparison_has_a_ratio_and_a_plain_side(
+        quick_run: tuple[str, dict[str, Any]]) -> None:
+    _, results = quick_run
+    for key, figure in figures(results).items():
+        if key in COMPARED:
+            assert figure["plain"] is not None, key
+            assert math.isfinite(figure["ratio"]) and figure["ratio"] > 0, key
+        else:
+            assert figure["plain"] is None and figure["ratio"] is None, key
+
+
+def test_each_target_is_stated_and_judged(quick_run: tuple[str, dict[str, Any]]) -> None:
+    _, results = quick_run
+    found = figures(results)
+    for key, (op, value) in TARGETS.items():
+        assert found[key]["target"] == {"op": op, "value": value}, key
+        assert isinstance(found[key]["met"], bool), key
+
+
+def test_every_bulk_message_ran_exactly_once(quick_run: tuple[str, dict[str, Any]]) -> None:
+    _, results = quick_run
+    bulk = figures(results)["bulk_processed_once"]
+    expected = results["meta"]["options"]["bulk_messages"]
+    assert bulk["target"] == {"op": "==", "value": expected}
+    assert bulk["met"] is True, bulk
+
+
+def test_the_printed_table_has_a_row_per_figure_and_says_what_plain_celery_has(
+        quick_run: tuple[str, dict[str, Any]]) -> None:
+    stdout, results = quick_run
+    for figure in results["figures"]:
+        assert figure["title"] in stdout, figure["title"]
+    assert "acks_late=True" in stdout and "prefetch=1" in stdout
+    assert "track_started=True" in stdout and "task events=True" in stdout
