@@ -85,6 +85,7 @@ class EndpointTask(Task):
         context = context_from_request(self.request)
         context_token = current_context.set(context)
         host = None
+        forward_to = None
         # Until the method returns: a request stopped mid-way (SystemExit in a pool
         # process at a shutdown cut-off or a lost broker) must not read as done.
         outcome = "interrupted"
@@ -107,8 +108,8 @@ class EndpointTask(Task):
             outcome = "ok"
             return result
         except Forward as forward:
-            outcome = f"forwarded to {forward.host}"
-            return self._forward(forward.host, host, kwargs)
+            forward_to = forward.host
+            outcome = f"forwarded to {forward_to}"
         except TaskyardError as exc:
             if lookup_wire_error(type(exc).__module__, type(exc).__qualname__) is not type(exc):
                 outcome = f"error {type(exc).__name__}"
@@ -124,6 +125,9 @@ class EndpointTask(Task):
         finally:
             log_request(self.name, host, context.request_id, self.request.id, started, outcome)
             current_context.reset(context_token)
+        # Handed on outside the except block: nothing of the manager's frames stays
+        # chained to the exception that ends this run (Celery's Ignore).
+        return self._forward(forward_to, host, kwargs)
 
     def check_served(self) -> str:
         """This node's host; :class:`UnknownEndpoint` when it does not run the service."""
