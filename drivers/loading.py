@@ -19,9 +19,11 @@ import inspect
 import types
 from collections.abc import Mapping
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, TypeVar
 
 from workers.exceptions import ConfigError
+
+T = TypeVar("T")
 
 DRIVER_GROUP = "taskyard.drivers.{service}"
 MANAGER_GROUP = "taskyard.managers"
@@ -175,7 +177,7 @@ def _fail(key: str, value: Any, exc: Exception) -> ConfigError:
     return error
 
 
-def load_manager_class(service: str, value: str, base: type) -> type:
+def load_manager_class(service: str, value: str, base: type[T]) -> type[T]:
     """The manager class ``services.<service>.manager`` names; it must subclass ``base``."""
     key = f"services.{service}.manager"
     try:

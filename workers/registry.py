@@ -15,6 +15,7 @@ server time of the last report), ``<service>:disabled`` (host -> JSON
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,11 +165,11 @@ class Registry:
         record = self.get(service, host)
         return record is not None and record.is_up
 
-    def hosts(self, service: str, *, only_up: bool = True) -> list[str]:
+    def hosts(self, service: str, *, only_up: bool = True) -> builtins.list[str]:
         """Hosts of ``service``: by default only those up (reporting and not disabled)."""
         return [r.host for r in self.list(service) if r.is_up or not only_up]
 
-    def alive_hosts(self, service: str) -> list[str]:
+    def alive_hosts(self, service: str) -> builtins.list[str]:
         """Hosts of ``service`` that report in time, disabled ones included.
 
         Disabling keeps *new* work away; messages for every node (fanout)
