@@ -10,12 +10,9 @@ from typing import Any
 import fakeredis
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 
 from managers.base import Manager, endpoint
-from tests.conftest import make_config
-from workers import config as config_mod
-from workers import connections
+from tests.conftest import in_process_worker, install, make_config, memory_config
 from workers.app import create_app
 from workers.config import Config, ServiceConfig
 from workers.exceptions import (
@@ -100,18 +97,13 @@ def config(module_redis: fakeredis.FakeRedis) -> Config:
     services["echo"] = ServiceConfig(
         name="echo", manager=f"{__name__}:EchoManager", driver=f"{__name__}:LoudEcho",
     )
-    return base.with_overrides(
-        host="node-a", records_url=RECORDS_URL, broker_url="memory://",
-        result_backend="cache+memory://", services=services, rpc_timeout=10.0,
-        raw={**base.raw, "broker_transport_options": {"polling_interval": 0.01}},
-    )
+    return memory_config(base, RECORDS_URL, host="node-a", services=services, rpc_timeout=10.0)
 
 
 @pytest.fixture(autouse=True)
 def _installed(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[None]:
     """Each test sees the module's configuration and records (isolation resets them)."""
-    config_mod.set_config(config)
-    connections.set_client(RECORDS_URL, module_redis)
+    install(config, RECORDS_URL, module_redis)
     yield
     gate.clear()
     reached.clear()
@@ -119,17 +111,10 @@ def _installed(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[No
 
 @pytest.fixture(scope="module")
 def app(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Celery]:
-    """One in-process worker for the module (starting and stopping one takes seconds)."""
-    config_mod.set_config(config)
-    connections.set_client(RECORDS_URL, module_redis)
-    app = create_app(config, set_as_current=False)
+    """One in-process worker for the module."""
     queues = ["volume", "volume.node-a", "echo", "echo.node-a", "volume.node-b"]
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False,
-                      queues=queues, shutdown_timeout=10):
+    with in_process_worker(config, module_redis, queues) as app:
         yield app
-        # The last test's isolation has reset these; the worker still runs until here.
-        config_mod.set_config(config)
-        connections.set_client(RECORDS_URL, module_redis)
 
 
 def test_call_returns_the_endpoints_result(app: Celery) -> None:

@@ -11,13 +11,9 @@ from typing import Any
 import fakeredis
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 
 from managers.base import Manager, PeriodicSpec, endpoint, periodic_task
-from tests.conftest import make_config
-from workers import config as config_mod
-from workers import connections
-from workers.app import create_app
+from tests.conftest import in_process_worker, install, make_config, memory_config
 from workers.config import Config, ServiceConfig
 from workers.exceptions import ConfigError, UnknownEndpoint
 from workers.rpc import Handle
@@ -68,30 +64,18 @@ def config() -> Config:
     base = make_config(env={"TASKYARD_ENV": "testing"})
     tick = ServiceConfig(name="tick", manager=f"{__name__}:TickManager", driver="os.path",
                          periodic={"count": 0.1})
-    return base.with_overrides(
-        host="node-p", records_url=RECORDS_URL, broker_url="memory://",
-        result_backend="cache+memory://", services={"tick": tick},
-        raw={**base.raw, "broker_transport_options": {"polling_interval": 0.01}},
-    )
+    return memory_config(base, RECORDS_URL, host="node-p", services={"tick": tick})
 
 
 @pytest.fixture(autouse=True)
 def _installed(config: Config, module_redis: fakeredis.FakeRedis) -> None:
-    config_mod.set_config(config)
-    connections.set_client(RECORDS_URL, module_redis)
+    install(config, RECORDS_URL, module_redis)
 
 
 @pytest.fixture(scope="module")
 def app(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Celery]:
-    config_mod.set_config(config)
-    connections.set_client(RECORDS_URL, module_redis)
-    app = create_app(config, set_as_current=False)
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
-                      queues=["tick", "tick.node-p"], shutdown_timeout=10):
+    with in_process_worker(config, module_redis, ["tick", "tick.node-p"], concurrency=4) as app:
         yield app
-        # The last test's isolation has reset these; the worker still runs until here.
-        config_mod.set_config(config)
-        connections.set_client(RECORDS_URL, module_redis)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:

@@ -10,12 +10,9 @@ from typing import Any
 import fakeredis
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 
 from managers.base import Manager, endpoint
-from tests.conftest import make_config
-from workers import config as config_mod
-from workers import connections
+from tests.conftest import in_process_worker, install, make_config, memory_config
 from workers.app import create_app
 from workers.config import Config, SecurityConfig, ServiceConfig
 from workers.deadletters import DeadLetters
@@ -39,12 +36,9 @@ class EchoManager(Manager):
 
 def settings_with(base: Config, **security: Any) -> Config:
     echo = ServiceConfig(name="echo", manager=f"{__name__}:EchoManager", driver="os.path")
-    return base.with_overrides(
-        host="node-s", records_url=RECORDS_URL, broker_url="memory://",
-        result_backend="cache+memory://", services={"echo": echo}, rpc_timeout=10.0,
-        max_message_bytes=4096, security=replace(base.security, **security),
-        raw={**base.raw, "broker_transport_options": {"polling_interval": 0.01}},
-    )
+    return memory_config(base, RECORDS_URL, host="node-s", services={"echo": echo},
+                         rpc_timeout=10.0, max_message_bytes=4096,
+                         security=replace(base.security, **security))
 
 
 @pytest.fixture(scope="module")
@@ -60,22 +54,15 @@ def node_config() -> Config:
 
 @pytest.fixture(autouse=True)
 def _installed(node_config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[None]:
-    config_mod.set_config(node_config)
-    connections.set_client(RECORDS_URL, module_redis)
+    install(node_config, RECORDS_URL, module_redis)
     yield
     module_redis.delete("taskyard:deadletters:echo")
 
 
 @pytest.fixture(scope="module")
 def node(node_config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Celery]:
-    config_mod.set_config(node_config)
-    connections.set_client(RECORDS_URL, module_redis)
-    app = create_app(node_config, set_as_current=False)
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False,
-                      queues=["echo", "echo.node-s"], shutdown_timeout=10):
+    with in_process_worker(node_config, module_redis, ["echo", "echo.node-s"]) as app:
         yield app
-        config_mod.set_config(node_config)
-        connections.set_client(RECORDS_URL, module_redis)
 
 
 def caller(node_config: Config, **security: Any) -> Client:
