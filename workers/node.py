@@ -30,7 +30,7 @@ from workers.connections import client_for
 from workers.exceptions import ConfigError
 from workers.periodic import PeriodicScheduler
 from workers.registry import Registry
-from workers.services import build_manager, service_specs, set_manager
+from workers.services import build_manager, served_services, service_specs, set_manager
 
 log = logging.getLogger("taskyard.node")
 
@@ -171,14 +171,6 @@ class Node:
                 log.exception("cleanup_host of %s failed", service)
 
 
-def node_services(app: Any, config: Config) -> list[str]:
-    """The configured services whose queues this worker consumes."""
-    queues = app.amqp.queues
-    names = list((queues.consume_from or queues).keys())
-    specs = service_specs(config)
-    return sorted({name.split(".", 1)[0] for name in names} & set(specs))
-
-
 class NodeStep(bootsteps.StartStopStep):
     """Worker bootstep: start the node after the pool, before the consumer."""
 
@@ -186,7 +178,7 @@ class NodeStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         config = get_config()
-        node = Node(config, node_services(worker.app, config), app=worker.app)
+        node = Node(config, sorted(served_services(worker.app)), app=worker.app)
         try:
             node.start()
         except Exception as exc:

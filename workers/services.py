@@ -93,6 +93,22 @@ def service_specs(config: Config | None = None) -> dict[str, ServiceSpec]:
     return specs
 
 
+_served: dict[tuple[int, int], frozenset[str]] = {}
+
+
+def served_services(app: Any) -> frozenset[str]:
+    """The services whose queues this worker consumes (all configured ones without -Q)."""
+    key = (os.getpid(), id(app))
+    found = _served.get(key)
+    if found is None:
+        queues = app.amqp.queues
+        names = list((queues.consume_from or queues).keys())
+        configured = set(app.taskyard_config.services)
+        found = frozenset(n.split(".", 1)[0] for n in names) & configured
+        _served[key] = found
+    return found
+
+
 def expand_options(options: Mapping[str, Any], config: Config) -> dict[str, Any]:
     """Replace ``{host}`` and ``{state_dir}`` in string options with this node's values."""
     state_dir = str(config.state_dir)
@@ -154,16 +170,21 @@ _managers_pid = os.getpid()
 _lock = threading.Lock()
 
 
+def _forget_parents_managers() -> None:
+    """In a forked child, drop the managers inherited from the parent (call with the lock)."""
+    global _managers_pid
+    if _managers_pid != os.getpid():
+        _managers.clear()
+        _managers_pid = os.getpid()
+
+
 def get_manager(service: str) -> Manager:
     """This process's manager of ``service``, built (and its driver set up) on first use."""
-    global _managers_pid
     manager = _managers.get(service)
     if manager is not None and _managers_pid == os.getpid():
         return manager
     with _lock:
-        if _managers_pid != os.getpid():  # a forked child: never reuse the parent's
-            _managers.clear()
-            _managers_pid = os.getpid()
+        _forget_parents_managers()
         manager = _managers.get(service)
         if manager is None:
             config = get_config()
@@ -180,11 +201,8 @@ def get_manager(service: str) -> Manager:
 
 def set_manager(service: str, manager: Manager) -> None:
     """Use ``manager`` for ``service`` in this process (tests; the node's main process)."""
-    global _managers_pid
     with _lock:
-        if _managers_pid != os.getpid():
-            _managers.clear()
-            _managers_pid = os.getpid()
+        _forget_parents_managers()
         _managers[service] = manager
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 import uuid
 from typing import Any
@@ -34,7 +33,8 @@ from workers.exceptions import (
     wire_name,
 )
 from workers.logs import log_request
-from workers.services import ServiceSpec, get_manager
+from workers.security import SIGNATURE_HEADER
+from workers.services import ServiceSpec, get_manager, served_services
 
 log = logging.getLogger("taskyard.dispatch")
 
@@ -175,10 +175,9 @@ class EndpointTask(Task):
                 {"type": "ForwardLoop", "host": here},
             )
         log.info("%s[%s] belongs to %s: forwarding", self.name, self.request.id, target)
-        headers = {
-            key: getattr(self.request, key, None)
-            for key in ("taskyard_request_id", "taskyard_caller", "taskyard_user")
-        }
+        # The request's context and API version go with it; the new message is signed anew.
+        headers = {key: value for key, value in (self.request.headers or {}).items()
+                   if key.startswith("taskyard_") and key != SIGNATURE_HEADER}
         signature = self.signature(
             kwargs=dict(kwargs), queue=host_queue(self.service, target), headers=headers
         )
@@ -193,22 +192,6 @@ def version_compatible(wanted: str, served: str) -> bool:
     except ValueError:
         return False
     return want_major == have_major and want_minor <= have_minor
-
-
-_served: dict[tuple[int, int], frozenset[str]] = {}
-
-
-def served_services(app: Celery) -> frozenset[str]:
-    """The services whose queues this worker consumes (all configured ones without -Q)."""
-    key = (os.getpid(), id(app))
-    found = _served.get(key)
-    if found is None:
-        queues = app.amqp.queues
-        names = list((queues.consume_from or queues).keys())
-        configured = set(app.taskyard_config.services)
-        found = frozenset(n.split(".", 1)[0] for n in names) & configured
-        _served[key] = found
-    return found
 
 
 def register_endpoint_tasks(app: Celery, spec: ServiceSpec) -> list[str]:

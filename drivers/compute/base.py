@@ -54,6 +54,15 @@ class ComputeDriverError(Exception):
     """Raised by a driver when the backend refuses an operation."""
 
 
+def command_for(catalogue: Mapping[str, list[str]], image: str) -> list[str]:
+    """The argv of ``image``; :class:`ComputeDriverError` listing the images otherwise."""
+    if image not in catalogue:
+        raise ComputeDriverError(
+            f"unknown image {image!r}; this node has: {', '.join(sorted(catalogue)) or 'none'}"
+        )
+    return catalogue[image]
+
+
 class ComputeDriver(ABC):
     """Instances on one node."""
 

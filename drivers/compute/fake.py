@@ -20,6 +20,7 @@ from drivers.compute.base import (
     ComputeDriver,
     ComputeDriverError,
     InstanceRef,
+    command_for,
     parse_images,
 )
 from drivers.fakes import FakeDriver
@@ -84,8 +85,10 @@ class FakeComputeDriver(FakeDriver, ComputeDriver):
     def _running(self) -> int:
         return sum(1 for known in self.instances.values() if known.running)
 
-    def _start(self, instance_id: str, image: str, command: list[str]) -> dict[str, Any]:
+    def _start(self, instance_id: str, image: str,
+               command: list[str] | None = None) -> dict[str, Any]:
         """Start (or start again) ``instance_id``; the caller checked it is not running."""
+        command = command or command_for(self.catalogue, image)
         if self._running() >= self.max_instances:
             raise ComputeDriverError(
                 f"cannot start instance {instance_id!r}: {self._running()} instances run "
@@ -107,12 +110,6 @@ class FakeComputeDriver(FakeDriver, ComputeDriver):
             "command": list(known.command),
         }
 
-    def _lookup(self, image: str) -> list[str]:
-        if image not in self.catalogue:
-            raise ComputeDriverError(
-                f"unknown image {image!r}; this node has: {', '.join(self.images()) or 'none'}"
-            )
-        return self.catalogue[image]
 
     def spawn(self, instance: InstanceRef) -> dict[str, Any]:
         self._maybe_fail("spawn")
@@ -120,7 +117,7 @@ class FakeComputeDriver(FakeDriver, ComputeDriver):
         known = self.instances.get(instance.id)
         if known is not None and known.running:
             return self._details(instance.id)
-        return self._start(instance.id, instance.image, self._lookup(instance.image))
+        return self._start(instance.id, instance.image)
 
     def destroy(self, instance: InstanceRef) -> None:
         self._maybe_fail("destroy")
@@ -130,7 +127,7 @@ class FakeComputeDriver(FakeDriver, ComputeDriver):
         self._maybe_fail("reboot")
         known = self.instances.get(safe_id(instance.id))
         if known is None:
-            return self._start(instance.id, instance.image, self._lookup(instance.image))
+            return self._start(instance.id, instance.image)
         if known.running:
             known.running = False
             known.console.append(f"[{instance.id}] stopped for a reboot")

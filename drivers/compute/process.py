@@ -37,6 +37,7 @@ from drivers.compute.base import (
     ComputeDriver,
     ComputeDriverError,
     InstanceRef,
+    command_for,
     parse_images,
 )
 from drivers.executor import Executor, ProcessExecutionError
@@ -231,8 +232,10 @@ class ProcessComputeDriver(ComputeDriver):
             f"{KILL_WAIT_S} s (uninterruptible I/O?)"
         )
 
-    def _start(self, instance_id: str, image: str, argv: list[str]) -> dict[str, Any]:
+    def _start(self, instance_id: str, image: str,
+               argv: list[str] | None = None) -> dict[str, Any]:
         """Start ``argv`` for ``instance_id`` and record it; the caller holds the lock."""
+        argv = argv or command_for(self.catalogue, image)
         running = sum(1 for state in self.list_instances().values() if state == RUNNING)
         if running >= self.max_instances:
             raise ComputeDriverError(
@@ -264,12 +267,6 @@ class ProcessComputeDriver(ComputeDriver):
             "command": list(record.argv),
         }
 
-    def _lookup(self, image: str) -> list[str]:
-        if image not in self.catalogue:
-            raise ComputeDriverError(
-                f"unknown image {image!r}; this node has: {', '.join(self.images())}"
-            )
-        return self.catalogue[image]
 
     # -- the contract ------------------------------------------------------
 
@@ -312,7 +309,7 @@ class ProcessComputeDriver(ComputeDriver):
             record = self._read(instance.id)
             if record is not None and self._running_pid(record) is not None:
                 return self._details(record)
-            return self._start(instance.id, instance.image, self._lookup(instance.image))
+            return self._start(instance.id, instance.image)
 
     def destroy(self, instance: InstanceRef) -> None:
         directory = self.instance_dir(instance.id)
@@ -327,7 +324,7 @@ class ProcessComputeDriver(ComputeDriver):
         with self._locked():
             record = self._read(instance.id)
             if record is None:
-                return self._start(instance.id, instance.image, self._lookup(instance.image))
+                return self._start(instance.id, instance.image)
             self._stop(record)
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
             with open(self.instance_dir(instance.id) / CONSOLE, "a") as console:

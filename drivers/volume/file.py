@@ -90,33 +90,35 @@ class FileVolumeDriver(VolumeDriver):
         for leftover in sorted(self.root.glob("*.partial")):
             self.execute("rm", "-f", str(leftover))
 
-    def _write_out(self, path: Path, size_gb: int, progress: ProgressCallback | None) -> None:
-        """Write zeros chunk by chunk (``dd`` with ``seek``), reporting each chunk."""
+    def _dd_in_chunks(self, source: str, target: Path, size_gb: int, verb: str,
+                      progress: ProgressCallback | None, *extra: str) -> None:
+        """``dd`` ``size_gb`` from ``source`` to ``target`` a chunk at a time, reporting each.
+
+        ``/dev/zero`` as ``source`` writes an image out; an image as ``source``
+        (with ``skip`` added) copies it. ``extra`` are more ``dd`` operands.
+        """
         total_mb = size_gb * 1024
         chunks = -(-total_mb // self.chunk_mb)
         for index in range(chunks):
-            count = min(self.chunk_mb, total_mb - index * self.chunk_mb)
+            offset = index * self.chunk_mb
+            count = min(self.chunk_mb, total_mb - offset)
+            skip = () if source == "/dev/zero" else (f"skip={offset}",)
             self.execute(
-                "dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={count}",
-                f"seek={index * self.chunk_mb}", "conv=notrunc", "status=none",
+                "dd", f"if={source}", f"of={target}", "bs=1M", f"count={count}", *skip,
+                f"seek={offset}", *extra, "status=none",
             )
             if progress:
-                progress(index + 1, chunks, f"wrote {(index * self.chunk_mb + count)} MiB")
+                progress(index + 1, chunks, f"{verb} {offset + count} MiB")
+
+    def _write_out(self, path: Path, size_gb: int, progress: ProgressCallback | None) -> None:
+        """Write zeros chunk by chunk, reporting each chunk."""
+        self._dd_in_chunks("/dev/zero", path, size_gb, "wrote", progress, "conv=notrunc")
 
     def _copy_in_chunks(self, source: Path, target: Path, size_gb: int,
                         progress: ProgressCallback | None) -> None:
-        """Copy a written-out image chunk by chunk (``dd``), reporting each chunk."""
-        total_mb = size_gb * 1024
-        chunks = -(-total_mb // self.chunk_mb)
-        for index in range(chunks):
-            count = min(self.chunk_mb, total_mb - index * self.chunk_mb)
-            offset = index * self.chunk_mb
-            self.execute(
-                "dd", f"if={source}", f"of={target}", "bs=1M", f"count={count}",
-                f"skip={offset}", f"seek={offset}", "conv=notrunc,sparse", "status=none",
-            )
-            if progress:
-                progress(index + 1, chunks, f"copied {offset + count} MiB")
+        """Copy a written-out image chunk by chunk, keeping holes, reporting each chunk."""
+        self._dd_in_chunks(str(source), target, size_gb, "copied", progress,
+                           "conv=notrunc,sparse")
 
     def delete_volume(self, volume: VolumeRef) -> None:
         self.execute("rm", "-f", str(self.volume_path(volume.id)))

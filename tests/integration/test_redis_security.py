@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import Node, node_environment, run_cli, wait_for
-from workers.embedded import RedisServer, find_redis_server
+from workers.embedded import RedisServer, answers, find_redis_server
 from workers.registry import Registry
 
 ADMIN_PASSWORD = "admin-pw-7f3a"
@@ -99,16 +99,9 @@ class TLSRedisServer(RedisServer):
         return f"rediss://127.0.0.1:{self.port}/0"
 
     def ping(self) -> bool:
-        client = redis.Redis.from_url(
-            self.url, ssl_ca_certs=str(self.certs["ca.crt"]),
-            ssl_certfile=str(self.certs["client.crt"]), ssl_keyfile=str(self.certs["client.key"]),
-            ssl_cert_reqs=ssl.CERT_REQUIRED, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return answers(self.url, ssl_ca_certs=str(self.certs["ca.crt"]),
+                       ssl_certfile=str(self.certs["client.crt"]),
+                       ssl_keyfile=str(self.certs["client.key"]), ssl_cert_reqs=ssl.CERT_REQUIRED)
 
 
 @pytest.fixture(scope="module")
