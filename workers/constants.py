@@ -1,27 +1,14 @@
 """Defaults, units and Redis key names, in one place.
 
-Every number here carries its unit in its name or comment. Settings in
-``settings.toml`` override the defaults that are user-facing; the rest are
-fixed parts of the wire and storage format.
+Every number here carries its unit in its name or comment. The defaults a
+user can change live in ``settings.toml``; what is here is fixed, or a
+fallback for a key a settings file leaves out.
 """
 
 from __future__ import annotations
 
 #: Prefix of every Redis key taskyard itself writes (Celery's own keys keep theirs).
 KEY_PREFIX = "taskyard"
-
-#: The Redis address a fresh checkout points at; ``taskyard up`` may replace it
-#: with a private server when nothing answers here.
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-#: Seconds a caller waits in ``Client.call`` unless told otherwise.
-DEFAULT_RPC_TIMEOUT_S = 30.0
-
-#: Seconds before Redis hands an unacknowledged message to another consumer.
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600
-
-#: Seconds a task result is kept in Redis.
-DEFAULT_RESULT_EXPIRES_S = 86400
 
 #: Seconds a record in state ``deleted`` is kept so repeated deletes succeed.
 DELETED_RECORD_TTL_S = 86400
@@ -40,9 +27,6 @@ MAX_FORWARD_HOPS = 3
 
 #: Name of the per-node Celery worker (what Flower shows): ``taskyard@<host>``.
 NODENAME_PREFIX = "taskyard"
-
-#: Header keys of the request context carried by every message.
-HEADER_REQUEST_ID = "taskyard_request_id"
 
 
 def host_queue(service: str, host: str) -> str:

@@ -30,7 +30,6 @@ from workers.exceptions import (
     UnknownEndpoint,
     UnsupportedVersion,
     lookup_wire_error,
-    wire_name,
 )
 from workers.logs import log_request
 from workers.security import SIGNATURE_HEADER
@@ -216,4 +215,4 @@ def register_endpoint_tasks(app: Celery, spec: ServiceSpec) -> list[str]:
     return names
 
 
-__all__ = ["PROGRESS", "EndpointTask", "register_endpoint_tasks", "wire_name"]
+__all__ = ["PROGRESS", "EndpointTask", "register_endpoint_tasks"]
