@@ -17,7 +17,7 @@ from bench.harness import Stats
 from bench.lab import Lab, elapsed_since
 from bench.noop import SERVICE
 from bench.report import Figure
-from workers.constants import host_queue
+from workers.core.keys import host_queue
 
 #: List the ceiling's entries go through.
 QUEUE = "bench:ceiling"

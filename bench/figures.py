@@ -18,7 +18,7 @@ from bench.lab import Lab, Pair, elapsed_since
 from bench.noop import SERVICE
 from bench.plain import VOLUME_SERVICE
 from bench.report import Figure, Target
-from workers.constants import host_queue
+from workers.core.keys import host_queue
 
 #: Host whose queues nobody consumes: enqueue rates are measured without a consumer.
 SINK = "bench-sink"

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from workers.app import create_app, set_app
 
 from bench.harness import (
     START_TIMEOUT_S,
@@ -33,12 +34,11 @@ from bench.harness import (
 from bench.noop import SERVICE, tally_key
 from bench.plain import NOOP_SERVICE, VOLUME_SERVICE, create_plain_app
 from workers import config as config_mod
-from workers.app import create_app, set_app
-from workers.config import Config, load_config
-from workers.constants import host_queue
-from workers.embedded import RedisServer
-from workers.registry import Registry
-from workers.rpc import Client
+from workers.cli.embedded import RedisServer
+from workers.client.rpc import Client
+from workers.core.config import Config, load_config
+from workers.core.keys import host_queue
+from workers.core.registry import Registry
 
 #: Services of the nodes that the figures use, and their plain counterparts.
 NODE_SERVICES = (SERVICE, "volume")

@@ -19,11 +19,11 @@ import time
 from typing import Any
 
 from celery import Celery, signals
+from workers.app import celery_settings
+from workers.connections import redis_client
 
 from bench.noop import tally_key
-from workers.app import celery_settings
-from workers.config import Config, get_config
-from workers.connections import redis_client
+from workers.core.config import Config, get_config
 
 #: Settings that make a worker a taskyard node; the plain app goes without them.
 TASKYARD_ONLY = ("worker_consumer", "broker_transport", "task_queues", "task_default_queue")

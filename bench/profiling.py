@@ -38,7 +38,7 @@ from bench.harness import PROJECT_ROOT, Worker, node_command, plain_command
 from bench.lab import Lab
 from bench.noop import SERVICE
 from bench.plain import NOOP_SERVICE
-from workers.constants import host_queue
+from workers.core.keys import host_queue
 
 #: Directories of taskyard's own code.
 OWN_CODE = ("workers/", "managers/", "drivers/")

@@ -16,13 +16,11 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from workers.exceptions import ProcessExecutionError
+from drivers.exceptions import ProcessExecutionError
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "Executor", "ProcessExecutionError", "RecordingExecutor", "execute", "set_default_executor",
-]
+__all__ = ["Executor", "ProcessExecutionError", "RecordingExecutor", "Result"]
 
 #: Seconds between two attempts of a command run with ``attempts > 1``.
 RETRY_DELAY_S = 0.5
@@ -64,7 +62,7 @@ class Executor:
         code, stdout and stderr; with ``attempts > 1`` it is tried again first.
         """
         if not cmd:
-            raise ValueError("execute() needs a command")
+            raise ValueError("Executor() needs a command")
         argv = self._argv(cmd, run_as_root)
         ok_codes = None if check_exit_code is False else frozenset(
             (0,) if check_exit_code is True else check_exit_code
@@ -194,27 +192,3 @@ class RecordingExecutor(Executor):
                     raise response
                 return _checked(argv, ok_codes, response)
         return Result("", "", 0)
-
-
-_default = Executor()
-
-
-def set_default_executor(executor: Executor) -> None:
-    """Make ``executor`` (with the configured root helper) the one :func:`execute` uses."""
-    global _default
-    _default = executor
-
-
-def execute(
-    *cmd: str,
-    run_as_root: bool = False,
-    check_exit_code: Iterable[int] | bool = (0,),
-    timeout: float | None = None,
-    input: str | None = None,
-    attempts: int = 1,
-) -> Result:
-    """Run a command with the process's default executor (the configured root helper)."""
-    return _default(
-        *cmd, run_as_root=run_as_root, check_exit_code=check_exit_code, timeout=timeout,
-        input=input, attempts=attempts,
-    )

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from workers.exceptions import ConfigError
+from drivers.exceptions import ConfigError
 
 T = TypeVar("T")
 

@@ -28,7 +28,10 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from managers.records import now
 
-__all__ = ["Fleet", "Forward", "Manager", "endpoint", "now", "periodic_task"]
+__all__ = [
+    "Fleet", "Forward", "Manager", "PeriodicSpec", "RequestContext", "current_context",
+    "current_progress", "endpoint", "now", "periodic_task",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from drivers.compute.base import MISSING, RUNNING, STOPPED, ComputeDriver, InstanceRef
 from managers.base import Manager, endpoint, now, periodic_task
+from managers.exceptions import Conflict, InvalidRequest
 from managers.records import RecordStore
-from workers.exceptions import Conflict, InvalidRequest
 
 log = logging.getLogger(__name__)
 

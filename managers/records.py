@@ -17,8 +17,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from workers.constants import DELETED_RECORD_TTL_S, records_key
-from workers.exceptions import Conflict, NotFound
+from managers.exceptions import Conflict, NotFound
+
+#: Prefix of every record key (the service layer keeps its own keys under ``taskyard:``).
+RECORDS_PREFIX = "taskyard:records"
+
+#: Seconds a record in state ``deleted`` is kept so repeated deletes succeed.
+DELETED_RECORD_TTL_S = 86400
+
+
+def records_key(service: str, kind: str, *parts: str) -> str:
+    """Key of a record or index owned by ``service``'s manager."""
+    return ":".join((RECORDS_PREFIX, service, kind, *parts))
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then

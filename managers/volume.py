@@ -15,8 +15,8 @@ from typing import Any
 
 from drivers.volume.base import SnapshotRef, VolumeDriver, VolumeRef
 from managers.base import Manager, endpoint, now
+from managers.exceptions import Conflict, InvalidRequest
 from managers.records import Parent, RecordStore
-from workers.exceptions import Conflict, InvalidRequest
 
 CREATING, AVAILABLE, EXTENDING = "creating", "available", "extending"
 DELETING, DELETED, ERROR = "deleting", "deleted", "error"

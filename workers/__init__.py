@@ -1,25 +1,82 @@
-"""taskyard's service layer: the Celery app, routing, the client and the CLI.
+"""taskyard's service layer: the app, the client, and every error, for callers.
 
-``celery -A workers worker`` finds the Celery ``app`` here. It is built on
-first access, so importing ``workers.exceptions`` or ``workers.rpc`` costs no
-settings read until something needs them.
+::
+
+    from workers import Client
+    Client("volume").call("create_volume", size_gb=1)
+
+``workers.app`` is the process's Celery app (:func:`default_app`), built from
+the process's settings on first access, so importing ``workers`` reads no
+settings; ``celery -A workers worker`` and ``from workers import app`` find
+it. Build apps of your own with ``Taskyard(load_config(...))`` to talk to
+several fleets from one process.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from workers.client.rpc import Client, Handle
+from workers.core.application import Taskyard, default_app, set_default_app
+from workers.core.config import Config, load_config
+from workers.core.keys import VERSION
+from workers.exceptions import (
+    ComputeDriverError,
+    ConfigError,
+    Conflict,
+    DriverError,
+    InvalidRequest,
+    NotFound,
+    NoValidHost,
+    ProcessExecutionError,
+    RemoteError,
+    TaskyardError,
+    Timeout,
+    Unavailable,
+    UnknownEndpoint,
+    UnknownService,
+    UnsupportedVersion,
+    VolumeDriverError,
+    wire_error,
+)
+
+__version__ = VERSION
+
+__all__ = [
+    "Client",
+    "ComputeDriverError",
+    "Config",
+    "ConfigError",
+    "Conflict",
+    "DriverError",
+    "Handle",
+    "InvalidRequest",
+    "NoValidHost",
+    "NotFound",
+    "ProcessExecutionError",
+    "RemoteError",
+    "Taskyard",
+    "TaskyardError",
+    "Timeout",
+    "Unavailable",
+    "UnknownEndpoint",
+    "UnknownService",
+    "UnsupportedVersion",
+    "VolumeDriverError",
+    "app",
+    "default_app",
+    "load_config",
+    "set_default_app",
+    "wire_error",
+]
 
 if TYPE_CHECKING:
-    from celery import Celery
-
-    app: Celery
+    app: Taskyard
 
 
 def __getattr__(name: str) -> Any:
+    # ``app`` (and ``celery``, which ``celery -A`` also looks for) is the process's default
+    # app, built on first access: importing workers reads no settings.
     if name in ("app", "celery"):
-        from workers.app import get_app
-
-        return get_app()
+        return default_app()
     raise AttributeError(f"module 'workers' has no attribute {name!r}")

@@ -1,88 +1,71 @@
-"""Every error taskyard raises, under one root, and the wire registry.
+"""Every error taskyard raises, in one place for callers.
 
-An exception crosses the wire (raised on a node, raised again as the same
-class in the caller) only when its class is registered with
-:func:`wire_error`. Everything else a manager raises reaches the caller as
-:class:`RemoteError`, carrying the remote type name, message, traceback text
-and host. Nothing else is ever rebuilt from a message.
+Each class is defined in the lowest layer that raises it and re-exported
+here, so a caller needs only ``from workers.exceptions import ...`` (or
+``from workers import ...``). The tree::
 
-Wire classes must accept ``(message, details)`` positionally: that is the
-form in which Celery stores an exception's ``args`` in the result backend.
+    TaskyardError                    drivers.exceptions: the root
+    ├── ConfigError                  drivers.exceptions: bad or unloadable settings
+    ├── DriverError                  drivers.exceptions: a backend refused or is unusable
+    │   ├── ProcessExecutionError    drivers.exceptions: a command failed (the executor)
+    │   ├── VolumeDriverError        drivers.volume.base
+    │   └── ComputeDriverError       drivers.compute.base
+    ├── NoValidHost *                drivers.exceptions: the scheduler found no host
+    ├── InvalidRequest *             managers.exceptions: bad arguments, values or names
+    │   ├── UnknownEndpoint *        workers.exceptions: not an endpoint of the service
+    │   ├── UnknownService           workers.exceptions: not a configured service (caller)
+    │   └── UnsupportedVersion *     workers.exceptions: an API version the node does not serve
+    ├── NotFound *                   managers.exceptions: the resource does not exist
+    ├── Conflict *                   managers.exceptions: the resource's state forbids it
+    ├── RemoteError *                workers.exceptions: anything else that failed on a node
+    ├── Timeout                      workers.exceptions: no answer in time (it may still run)
+    └── Unavailable                  workers.exceptions: the broker cannot be reached (not sent)
+
+Classes marked ``*`` cross the wire: a node raises them and the caller gets
+the same class, with ``host`` naming that node. A service adds its own with
+:func:`wire_error`; anything else a node raises reaches the caller as
+:class:`RemoteError`.
 """
 
 from __future__ import annotations
 
 import traceback as _traceback
-from collections.abc import Mapping
-from typing import Any, TypeVar
 
-_E = TypeVar("_E", bound=type["TaskyardError"])
+from drivers.compute.base import ComputeDriverError
+from drivers.exceptions import (
+    ConfigError,
+    DriverError,
+    NoValidHost,
+    ProcessExecutionError,
+    TaskyardError,
+    lookup_wire_error,
+    wire_error,
+    wire_name,
+)
+from drivers.volume.base import VolumeDriverError
+from managers.exceptions import Conflict, InvalidRequest, NotFound
 
-#: ``"module.QualName"`` -> class, for every exception allowed across the wire.
-_WIRE: dict[str, type[TaskyardError]] = {}
-
-
-def wire_error(cls: _E) -> _E:
-    """Declare ``cls`` part of a service API: it is raised again as itself in callers."""
-    if not (isinstance(cls, type) and issubclass(cls, TaskyardError)):
-        raise TypeError(f"wire_error needs a TaskyardError subclass, got {cls!r}")
-    _WIRE[wire_name(cls)] = cls
-    return cls
-
-
-def wire_name(cls: type[BaseException]) -> str:
-    """The name under which the result backend records an exception class."""
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def lookup_wire_error(module: str | None, qualname: str) -> type[TaskyardError] | None:
-    """The registered class recorded as ``module``/``qualname``, or None."""
-    if not module:
-        return None
-    return _WIRE.get(f"{module}.{qualname}")
-
-
-class TaskyardError(Exception):
-    """Root of every error taskyard raises.
-
-    ``details`` is a JSON-safe dict of extra facts (``host`` is filled in by
-    the node that raised it), kept in ``args`` so it survives the result
-    backend.
-    """
-
-    def __init__(self, message: str = "", details: Mapping[str, Any] | None = None) -> None:
-        self.message = str(message)
-        self.details: dict[str, Any] = dict(details or {})
-        if self.details:
-            super().__init__(self.message, self.details)
-        else:
-            super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return self.message
-
-    @property
-    def host(self) -> str | None:
-        """The node that raised the error, when it came over the wire."""
-        return self.details.get("host")
-
-    def with_details(self, **details: Any) -> TaskyardError:
-        """Add facts (JSON values) to the error, keeping its class and message."""
-        self.details.update(details)
-        self.args = (self.message, self.details)
-        return self
-
-
-class ConfigError(TaskyardError):
-    """Raised when settings are invalid or name something that cannot be loaded.
-
-    The message names the settings key, the bad value and what was expected.
-    """
-
-
-@wire_error
-class InvalidRequest(TaskyardError):
-    """Raised when a request is malformed: bad arguments, bad values, a bad name."""
+__all__ = [
+    "ComputeDriverError",
+    "ConfigError",
+    "Conflict",
+    "DriverError",
+    "InvalidRequest",
+    "NoValidHost",
+    "NotFound",
+    "ProcessExecutionError",
+    "RemoteError",
+    "TaskyardError",
+    "Timeout",
+    "Unavailable",
+    "UnknownEndpoint",
+    "UnknownService",
+    "UnsupportedVersion",
+    "VolumeDriverError",
+    "lookup_wire_error",
+    "wire_error",
+    "wire_name",
+]
 
 
 @wire_error
@@ -95,16 +78,6 @@ class UnknownService(InvalidRequest):
 
 
 @wire_error
-class NotFound(TaskyardError):
-    """Raised when a request names a resource that does not exist."""
-
-
-@wire_error
-class Conflict(TaskyardError):
-    """Raised when a resource's state does not allow the request."""
-
-
-@wire_error
 class UnsupportedVersion(InvalidRequest):
     """Raised when a request needs an API version the node does not serve.
 
@@ -112,11 +85,6 @@ class UnsupportedVersion(InvalidRequest):
     and a minor no newer than its own. Pin ``version_cap`` on newer clients
     while older nodes remain in the fleet.
     """
-
-
-@wire_error
-class NoValidHost(TaskyardError):
-    """Raised when no host can take new work; the message gives each filter's reasons."""
 
 
 class Timeout(TaskyardError):
@@ -165,40 +133,3 @@ class RemoteError(TaskyardError):
     @property
     def traceback(self) -> str:
         return str(self.details.get("traceback", ""))
-
-
-class ProcessExecutionError(TaskyardError):
-    """Raised by the executor when a command fails, times out or cannot start."""
-
-    def __init__(
-        self,
-        message: str = "",
-        details: Mapping[str, Any] | None = None,
-        *,
-        cmd: tuple[str, ...] = (),
-        exit_code: int | None = None,
-        stdout: str = "",
-        stderr: str = "",
-    ) -> None:
-        details = dict(details or {})
-        details.setdefault("cmd", list(cmd))
-        details.setdefault("exit_code", exit_code)
-        details.setdefault("stdout", stdout)
-        details.setdefault("stderr", stderr)
-        super().__init__(message, details)
-
-    @property
-    def cmd(self) -> tuple[str, ...]:
-        return tuple(self.details["cmd"])
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.details["exit_code"]
-
-    @property
-    def stdout(self) -> str:
-        return str(self.details["stdout"])
-
-    @property
-    def stderr(self) -> str:
-        return str(self.details["stderr"])

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from drivers.exceptions import DriverError
+
 #: Power states a driver reports for an instance.
 RUNNING = "running"
 STOPPED = "stopped"
@@ -50,7 +52,7 @@ def parse_images(images: Mapping[str, str | Sequence[str]]) -> dict[str, list[st
     return parsed
 
 
-class ComputeDriverError(Exception):
+class ComputeDriverError(DriverError):
     """Raised by a driver when the backend refuses an operation."""
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.exceptions import NoValidHost
+from drivers.exceptions import NoValidHost
 
 
 @dataclass(frozen=True)

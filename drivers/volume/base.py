@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from drivers.exceptions import DriverError
 from drivers.ids import safe_id
 
 __all__ = [
@@ -47,7 +48,7 @@ class SnapshotRef:
     location: str | None = None
 
 
-class VolumeDriverError(Exception):
+class VolumeDriverError(DriverError):
     """Raised by a driver when the backend refuses an operation."""
 
 

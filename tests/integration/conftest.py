@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 
-from tests.conftest import make_config
-from workers.app import create_app
-from workers.config import Config
-from workers.embedded import RedisServer
-from workers.registry import Registry
+from tests.conftest import REPO_ROOT, make_app, make_config
+from workers.cli.embedded import RedisServer
+from workers.core.application import Taskyard
+from workers.core.config import Config
+from workers.core.registry import Registry
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -80,7 +79,7 @@ class Node:
     def start(self) -> Node:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            self.command, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()
@@ -155,8 +154,8 @@ def client_config(cluster_env: dict[str, str]) -> Config:
 
 
 @pytest.fixture(scope="module")
-def client_app(client_config: Config) -> Iterator[Celery]:
-    app = create_app(client_config, set_as_current=False)
+def client_app(client_config: Config) -> Iterator[Taskyard]:
+    app = make_app(client_config)
     yield app
     app.close()  # before the module's Redis stops: no reconnection attempts left behind
 
@@ -194,6 +193,6 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run the ``taskyard`` command as a user would, in its own process."""
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args], env=env, capture_output=True, text=True,
-        timeout=timeout, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "workers.cli", *args], env=env, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )

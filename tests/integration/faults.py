@@ -143,14 +143,14 @@ def slow_key(*parts: str) -> str:
     return ":".join(("faults", SLOW_SERVICE, *parts))
 
 
-def slow_settings(path: Path) -> Path:
-    """Write a settings file adding the slow service (for ``TASKYARD_SETTINGS``); its path."""
+def slow_settings(path: Path) -> str:
+    """TASKYARD_SETTINGS: the reference fleet, plus a file (at ``path``) adding the slow service."""
     path.write_text(
         f"[default.services.{SLOW_SERVICE}]\n"
         'manager = "tests.integration.faults:SlowManager"\n'
         'driver = "tests.integration.faults:Sleeper"\n'
     )
-    return path
+    return f"{REPO_ROOT / 'settings.toml'},{path}"
 
 
 class Sleeper:

@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 
 from managers.records import RecordStore
 from tests.integration import faults
 from tests.integration.conftest import Node, node_environment, wait_for
-from workers.config import Config
-from workers.embedded import RedisServer
-from workers.registry import Registry
-from workers.rpc import Client
+from workers.cli.embedded import RedisServer
+from workers.client.rpc import Client
+from workers.core.application import Taskyard
+from workers.core.config import Config
+from workers.core.registry import Registry
 
 GIB = 1024**3
 VISIBILITY_TIMEOUT_S = 3
@@ -47,7 +47,7 @@ def cluster_env(redis_server: RedisServer, state_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def volume(client_app: Celery) -> Client:
+def volume(client_app: Taskyard) -> Client:
     return Client("volume", app=client_app)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import node_environment, run_cli, wait_for
-from workers.embedded import RedisServer, find_redis_server, free_port
+from workers.cli.embedded import RedisServer, find_redis_server, free_port
 
 
 def test_up_starts_a_private_redis_that_other_commands_find(tmp_path: Path) -> None:

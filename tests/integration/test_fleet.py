@@ -16,12 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from tests.integration.conftest import Node, run_cli, wait_for
+from workers.client.rpc import Client
+from workers.core.application import Taskyard
+from workers.core.registry import Registry
 from workers.exceptions import NoValidHost
-from workers.registry import Registry
-from workers.rpc import Client
 
 RECONCILE_S = 0.5
 
@@ -45,7 +45,7 @@ def fleet(start_node: Callable[..., Node], registry: Registry) -> dict[str, Node
 
 
 @pytest.fixture
-def scheduler(client_app: Celery, fleet: dict[str, Node]) -> Client:
+def scheduler(client_app: Taskyard, fleet: dict[str, Node]) -> Client:
     return Client("scheduler", app=client_app)
 
 
@@ -54,7 +54,7 @@ def free_gb(registry: Registry, host: str) -> float:
     return float(record.capabilities["free_gb"]) if record else -1.0
 
 
-def place_volume(client_app: Celery, scheduler: Client, size_gb: int, **kw: Any) -> dict:
+def place_volume(client_app: Taskyard, scheduler: Client, size_gb: int, **kw: Any) -> dict:
     placed = scheduler.call("schedule_create_volume", size_gb=size_gb, **kw)
     volume = Client("volume", app=client_app).handle(placed["task_id"], "create_volume").wait()
     assert volume["host"] == placed["host"] and volume["id"] == placed["id"]
@@ -76,7 +76,7 @@ def test_the_services_table_shows_every_node_up_with_its_capabilities(
 
 
 def test_the_scheduler_places_volumes_where_most_space_is_free(
-    client_app: Celery, scheduler: Client, registry: Registry
+    client_app: Taskyard, scheduler: Client, registry: Registry
 ) -> None:
     first = place_volume(client_app, scheduler, 40, name="big-one")
     assert first["host"] == "vol-big"
@@ -103,7 +103,7 @@ def test_bad_arguments_for_the_handed_on_request_are_refused_by_the_scheduler(
 
 
 def test_a_disabled_node_is_never_chosen(
-    client_app: Celery, scheduler: Client, registry: Registry, cluster_env: dict[str, str]
+    client_app: Taskyard, scheduler: Client, registry: Registry, cluster_env: dict[str, str]
 ) -> None:
     done = run_cli(cluster_env, "services", "disable", "volume", "vol-big",
                    "--reason", "disk swap")
@@ -123,19 +123,19 @@ def test_a_disabled_node_is_never_chosen(
 
 
 @pytest.mark.parametrize("host", ["vol-small", "vol-big"])
-def test_a_host_targeted_call_reaches_only_that_node(client_app: Celery, host: str) -> None:
+def test_a_host_targeted_call_reaches_only_that_node(client_app: Taskyard, host: str) -> None:
     target = Client("volume", app=client_app).prepare(host=host)
     assert {target.call("ping")["host"] for _ in range(8)} == {host}
 
 
-def test_fanout_with_wait_gathers_every_nodes_answer(client_app: Celery) -> None:
+def test_fanout_with_wait_gathers_every_nodes_answer(client_app: Taskyard) -> None:
     answers = Client("volume", app=client_app).fanout("ping", wait=True)
     assert {host: answer["host"] for host, answer in answers.items()} == {
         "vol-small": "vol-small", "vol-big": "vol-big"}
 
 
 def test_an_instance_runs_reboots_survives_a_node_restart_and_terminates(
-    client_app: Celery, scheduler: Client, fleet: dict[str, Node], registry: Registry,
+    client_app: Taskyard, scheduler: Client, fleet: dict[str, Node], registry: Registry,
     start_node: Callable[..., Node],
 ) -> None:
     compute = Client("compute", app=client_app)
@@ -189,7 +189,7 @@ def test_a_prefork_node_runs_one_schedule_not_one_per_child(fleet: dict[str, Nod
 
 
 def test_a_killed_node_is_reported_down_and_no_longer_chosen(
-    client_app: Celery, scheduler: Client, fleet: dict[str, Node], registry: Registry,
+    client_app: Taskyard, scheduler: Client, fleet: dict[str, Node], registry: Registry,
     client_config: Any,
 ) -> None:
     killed_at = time.monotonic()

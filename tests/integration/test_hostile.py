@@ -15,16 +15,15 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 
-from tests.conftest import make_config
+from tests.conftest import make_app, make_config
 from tests.integration.conftest import Node, run_cli, wait_for
 from tests.integration.versions import settings_file
-from workers.app import create_app
-from workers.deadletters import DeadLetters
-from workers.embedded import RedisServer
+from workers.cli.embedded import RedisServer
+from workers.client.rpc import Client, Handle
+from workers.core.application import Taskyard
+from workers.core.deadletters import DeadLetters
 from workers.exceptions import InvalidRequest, UnknownEndpoint, UnsupportedVersion
-from workers.rpc import Client, Handle
 
 HOST = "hostile-node"
 QUEUE = f"volume.{HOST}"
@@ -60,7 +59,7 @@ def letters(broker: redis.Redis) -> DeadLetters:
     return dead
 
 
-def still_serving(client_app: Celery) -> None:
+def still_serving(client_app: Taskyard) -> None:
     assert Client("volume", app=client_app).prepare(host=HOST).call("ping")["host"] == HOST
 
 
@@ -96,7 +95,7 @@ POISON = [
 
 @pytest.mark.parametrize(("label", "raw", "fragment"), POISON, ids=[p[0] for p in POISON])
 def test_poison_pushed_into_a_queue_is_dead_lettered_and_the_node_serves_on(
-    node: Node, broker: redis.Redis, letters: DeadLetters, client_app: Celery,
+    node: Node, broker: redis.Redis, letters: DeadLetters, client_app: Taskyard,
     label: str, raw: str, fragment: str,
 ) -> None:
     broker.lpush(QUEUE, raw)
@@ -108,7 +107,7 @@ def test_poison_pushed_into_a_queue_is_dead_lettered_and_the_node_serves_on(
 
 
 def test_a_pickle_message_is_refused_unread_with_an_error_to_its_caller(
-    node: Node, broker: redis.Redis, letters: DeadLetters, client_app: Celery, tmp_path: Path,
+    node: Node, broker: redis.Redis, letters: DeadLetters, client_app: Taskyard, tmp_path: Path,
 ) -> None:
     marker = tmp_path / "pwned"
     payload = pickle.dumps(([], {}, {}))  # harmless: never loaded, whatever it holds
@@ -123,7 +122,7 @@ def test_a_pickle_message_is_refused_unread_with_an_error_to_its_caller(
 
 
 def test_an_unknown_task_pushed_into_a_queue_is_refused(
-    node: Node, broker: redis.Redis, letters: DeadLetters, client_app: Celery,
+    node: Node, broker: redis.Redis, letters: DeadLetters, client_app: Taskyard,
 ) -> None:
     broker.lpush(QUEUE, envelope("volume.__class__", {}, task_id="unknown-1"))
     with pytest.raises(UnknownEndpoint):
@@ -133,7 +132,7 @@ def test_an_unknown_task_pushed_into_a_queue_is_refused(
 
 
 def test_a_message_for_a_service_the_node_does_not_run_is_refused(
-    node: Node, broker: redis.Redis, letters: DeadLetters, client_app: Celery,
+    node: Node, broker: redis.Redis, letters: DeadLetters, client_app: Taskyard,
 ) -> None:
     broker.lpush(QUEUE, envelope("compute.run_instance", {"image": "sleeper"},
                                  task_id="wrong-service-1"))
@@ -145,7 +144,7 @@ def test_a_message_for_a_service_the_node_does_not_run_is_refused(
 
 
 def test_bad_arguments_are_refused_with_the_argument_named_and_kept(
-    node: Node, client_app: Celery, letters: DeadLetters,
+    node: Node, client_app: Taskyard, letters: DeadLetters,
 ) -> None:
     result = client_app.send_task("volume.extend_volume", kwargs={"volume_id": 7},
                                   queue=QUEUE)
@@ -172,8 +171,7 @@ def test_a_rolling_upgrade_old_nodes_refuse_newer_requests_until_the_caller_pins
     start_node: Callable[..., Node],
 ) -> None:
     env = {k: v for k, v in cluster_env.items() if k.startswith("TASKYARD_")}
-    new_client = create_app(make_config(env={**env, "TASKYARD_SETTINGS": v2_settings}),
-                            set_as_current=False)
+    new_client = make_app(make_config(env={**env, "TASKYARD_SETTINGS": v2_settings}))
     greeter = Client("greeter", app=new_client)
     assert greeter.version == "1.3"
     handle = greeter.prepare(host=HOST).cast("greet", name="ada")

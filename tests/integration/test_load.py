@@ -36,14 +36,14 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 from celery.result import ResultSet
 
 from managers.records import RecordStore
 from tests.integration.conftest import Node, node_environment
-from workers.config import Config
-from workers.embedded import RedisServer
-from workers.rpc import Client, Handle
+from workers.cli.embedded import RedisServer
+from workers.client.rpc import Client, Handle
+from workers.core.application import Taskyard
+from workers.core.config import Config
 
 #: Volumes made in the warm-up and in the create phase.
 WARM_CREATES, CREATES = 400, 3_600
@@ -124,7 +124,7 @@ def run_phase(name: str, steps: list[Sender], figures: dict[str, float]) -> list
 
 @pytest.mark.timeout(300)
 def test_ten_thousand_mixed_requests_are_each_done_once_with_the_records_right_and_memory_flat(
-    start_node: Callable[..., Node], client_app: Celery, client_config: Config,
+    start_node: Callable[..., Node], client_app: Taskyard, client_config: Config,
     record_property: Callable[[str, object], None], capsys: pytest.CaptureFixture[str],
 ) -> None:
     began = time.perf_counter()

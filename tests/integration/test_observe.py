@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from tests.integration import browser
 from tests.integration.conftest import Node, node_environment, run_cli, wait_for
-from workers.embedded import free_port
+from workers.cli.embedded import free_port
+from workers.client.rpc import Client
+from workers.core.application import Taskyard
+from workers.core.registry import Registry
 from workers.exceptions import NotFound
-from workers.registry import Registry
-from workers.rpc import Client
 
 AUTH = "watcher:correct-horse"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -88,7 +88,7 @@ def nodes(start_node: Callable[..., Node], flower: str, watched_env: dict[str, s
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _no_images_left(client_app: Celery, nodes: dict[str, Node]) -> Iterator[None]:
+def _no_images_left(client_app: Taskyard, nodes: dict[str, Node]) -> Iterator[None]:
     """The volumes here are written out in full: remove them so no disk is left used."""
     yield
     volume = Client("volume", app=client_app)
@@ -97,7 +97,7 @@ def _no_images_left(client_app: Celery, nodes: dict[str, Node]) -> Iterator[None
 
 
 @pytest.fixture(scope="module")
-def calls(client_app: Celery, nodes: dict[str, Node]) -> dict[str, Any]:
+def calls(client_app: Taskyard, nodes: dict[str, Node]) -> dict[str, Any]:
     """One call that succeeds, one that fails with NotFound, one cast."""
     volume = Client("volume", app=client_app)
     created = volume.call("create_volume", size_gb=1, name="watched")
@@ -162,7 +162,7 @@ def test_the_api_needs_the_credentials(flower: str) -> None:
 
 
 def test_fanout_messages_are_recognisable_in_flower(
-    flower: str, client_app: Celery, nodes: dict[str, Node]
+    flower: str, client_app: Taskyard, nodes: dict[str, Node]
 ) -> None:
     Client("volume", app=client_app).fanout("ping", wait=True)
     wait_for(lambda: any(t["name"] == "volume.ping (fanout)" for t in
@@ -193,7 +193,7 @@ def test_flowers_tasks_page_shows_the_task_names_in_a_real_browser(
 
 
 def test_one_request_is_followed_through_two_services_by_its_id(
-    client_app: Celery, nodes: dict[str, Node]
+    client_app: Taskyard, nodes: dict[str, Node]
 ) -> None:
     placed = Client("scheduler", app=client_app).call("schedule_create_volume", size_gb=1)
     Client("volume", app=client_app).handle(placed["task_id"]).wait()
@@ -230,7 +230,7 @@ def test_taskyard_call_shows_progress_on_stderr(
 
 
 def test_status_shows_nodes_queues_and_running_requests_with_progress(
-    watched_env: dict[str, str], client_app: Celery, nodes: dict[str, Node]
+    watched_env: dict[str, str], client_app: Taskyard, nodes: dict[str, Node]
 ) -> None:
     handle = Client("volume", app=client_app).cast("create_volume", size_gb=2)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import node_environment
-from workers.embedded import RedisServer
+from workers.cli.embedded import RedisServer
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -19,18 +19,17 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 
 from managers.records import RecordStore
-from tests.conftest import make_config
+from tests.conftest import make_app, make_config
 from tests.integration import faults
 from tests.integration.conftest import Node, node_environment, wait_for
-from workers.app import create_app
-from workers.config import Config
-from workers.embedded import RedisServer, free_port
+from workers.cli.embedded import RedisServer, free_port
+from workers.client.rpc import Client, Handle
+from workers.core.application import Taskyard
+from workers.core.config import Config
+from workers.core.registry import Registry
 from workers.exceptions import TaskyardError, Timeout, Unavailable
-from workers.registry import Registry
-from workers.rpc import Client, Handle
 
 CASTS = 200
 #: Seconds each create takes on the nodes: long enough that all four pool processes
@@ -92,7 +91,7 @@ def answer_of(handle: Handle) -> str:
 
 @pytest.fixture(scope="module")
 def restart_under_load(
-    redis_server: RedisServer, start_node: Callable[..., Node], client_app: Celery,
+    redis_server: RedisServer, start_node: Callable[..., Node], client_app: Taskyard,
     client_config: Config, registry: Registry,
 ) -> RestartOutcome:
     """200 creates cast to two busy nodes, then Redis stopped, called, and started again."""
@@ -141,7 +140,7 @@ def test_a_call_while_redis_is_down_is_refused_at_once_as_unavailable_saying_why
 
 
 def test_nodes_reconnect_to_a_restarted_redis_by_themselves_and_serve_again(
-    restart_under_load: RestartOutcome, registry: Registry, client_app: Celery,
+    restart_under_load: RestartOutcome, registry: Registry, client_app: Taskyard,
 ) -> None:
     assert restart_under_load.in_flight > 0, "the nodes were idle when Redis stopped"
     volume = Client("volume", app=client_app)
@@ -157,7 +156,7 @@ def test_nodes_reconnect_to_a_restarted_redis_by_themselves_and_serve_again(
 
 
 def test_every_request_sent_before_a_redis_restart_gets_an_answer_and_one_record(
-    restart_under_load: RestartOutcome, client_app: Celery,
+    restart_under_load: RestartOutcome, client_app: Taskyard,
 ) -> None:
     outcome = restart_under_load
     listed = Counter(v["id"] for v in Client("volume", app=client_app).call("list_volumes"))
@@ -223,7 +222,7 @@ def test_a_node_started_before_redis_retries_and_comes_up_when_redis_does(
 
     config = make_config(env={k: v for k, v in env.items() if k.startswith("TASKYARD_")},
                          host="test-client-late")
-    app = create_app(config, set_as_current=False)
+    app = make_app(config)
     try:
         answer = Client("volume", app=app).prepare(host="early-bird").call("ping")
     finally:

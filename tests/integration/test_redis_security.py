@@ -14,8 +14,8 @@ import pytest
 import redis
 
 from tests.integration.conftest import Node, node_environment, run_cli, wait_for
-from workers.embedded import RedisServer, answers, find_redis_server
-from workers.registry import Registry
+from workers.cli.embedded import RedisServer, answers, find_redis_server
+from workers.core.registry import Registry
 
 ADMIN_PASSWORD = "admin-pw-7f3a"
 NODE_PASSWORD = "node-pw-91bc"

@@ -20,10 +20,10 @@ from celery import Celery
 
 from tests.integration import faults
 from tests.integration.conftest import Node, node_environment, wait_for
-from workers.config import Config
-from workers.embedded import RedisServer
-from workers.registry import Registry
-from workers.rpc import Client
+from workers.cli.embedded import RedisServer
+from workers.client.rpc import Client
+from workers.core.config import Config
+from workers.core.registry import Registry
 
 SLOW = faults.SLOW_SERVICE
 
@@ -32,7 +32,7 @@ SLOW = faults.SLOW_SERVICE
 def cluster_env(redis_server: RedisServer, state_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     settings = faults.slow_settings(tmp_path_factory.mktemp("settings") / "slow.toml")
-    return node_environment(redis_server.url, state_dir, TASKYARD_SETTINGS=str(settings),
+    return node_environment(redis_server.url, state_dir, TASKYARD_SETTINGS=settings,
                             **faults.node_env())
 
 

@@ -16,6 +16,8 @@ import pytest
 from celery import Celery
 
 from tests.integration.conftest import Node, run_cli, wait_for
+from workers.client.rpc import Client, Handle
+from workers.core.registry import Registry
 from workers.exceptions import (
     Conflict,
     InvalidRequest,
@@ -25,8 +27,6 @@ from workers.exceptions import (
     UnknownEndpoint,
     UnknownService,
 )
-from workers.registry import Registry
-from workers.rpc import Client, Handle
 
 
 @pytest.fixture(scope="module")

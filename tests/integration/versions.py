@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from managers.base import Manager, endpoint
+from tests.conftest import REPO_ROOT
 
 
 class GreeterV1(Manager):
@@ -25,8 +26,8 @@ class GreeterV2(Manager):
 
 
 def settings_file(path: str, manager: str) -> str:
-    """A TASKYARD_SETTINGS file adding the greeter service with ``manager``."""
+    """TASKYARD_SETTINGS: the reference fleet, plus a file adding the greeter with ``manager``."""
     with open(path, "w") as out:
         out.write(f'[default.services.greeter]\nmanager = "tests.integration.versions:{manager}"\n'
                   'driver = "os.path"\n')
-    return path
+    return f"{REPO_ROOT / 'settings.toml'},{path}"

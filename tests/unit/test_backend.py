@@ -11,13 +11,6 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from workers.backend import (
-    CacheBackend,
-    RedisBackend,
-    SafeExceptionsMixin,
-    SentinelBackend,
-    rebuild_exception,
-)
 from workers.exceptions import (
     ConfigError,
     Conflict,
@@ -26,6 +19,13 @@ from workers.exceptions import (
     RemoteError,
     TaskyardError,
     UnknownEndpoint,
+)
+from workers.extensions.backend import (
+    CacheBackend,
+    RedisBackend,
+    SafeExceptionsMixin,
+    SentinelBackend,
+    rebuild_exception,
 )
 
 
@@ -70,7 +70,7 @@ def test_registered_wire_error_comes_back_as_its_class(
 
 
 def test_record_with_a_bare_string_message_is_rebuilt() -> None:
-    rebuilt = rebuild_exception(record("NotFound", "workers.exceptions", "no such volume"))
+    rebuilt = rebuild_exception(record("NotFound", "managers.exceptions", "no such volume"))
     assert type(rebuilt) is NotFound
     assert str(rebuilt) == "no such volume"
 
@@ -83,7 +83,7 @@ def test_record_with_a_bare_string_message_is_rebuilt() -> None:
     [
         ("ValueError", "builtins", "bad size"),
         ("UnregisteredError", __name__, "not declared"),
-        ("ConfigError", "workers.exceptions", "settings key 'x'"),
+        ("ConfigError", "drivers.exceptions", "settings key 'x'"),
         ("UnknownService", "workers.exceptions", "unknown service 'x'"),
         ("NotFound", "some.other.module", "lookalike"),
         ("NotFound", None, "no module given"),
@@ -144,10 +144,10 @@ def test_not_registered_becomes_unknown_endpoint(stored: str) -> None:
         {"exc_message": ["no type"]},
         {"exc_type": None, "exc_module": None, "exc_message": None},
         {"exc_type": ["x"], "exc_module": {"a": 1}, "exc_message": {"k": "v"}},
-        record("NotFound", "workers.exceptions", ["m", {"id": 1}, "extra", "more"]),
-        record("NotFound", "workers.exceptions", ["m", "not a mapping"]),
-        record("NotFound", "workers.exceptions", ["m", 5]),
-        record("Conflict", "workers.exceptions", [["not", "text"], [1, 2, 3]]),
+        record("NotFound", "managers.exceptions", ["m", {"id": 1}, "extra", "more"]),
+        record("NotFound", "managers.exceptions", ["m", "not a mapping"]),
+        record("NotFound", "managers.exceptions", ["m", 5]),
+        record("Conflict", "managers.exceptions", [["not", "text"], [1, 2, 3]]),
         record("NotRegistered", "celery.exceptions", []),
     ],
 )
@@ -166,7 +166,7 @@ def test_record_that_is_not_a_mapping_is_reported_as_unreadable(garbage: Any) ->
 
 def test_registered_class_whose_constructor_refuses_the_args_is_remote_error() -> None:
     rebuilt = rebuild_exception(
-        record("NotFound", "workers.exceptions", ["m", {"id": 1}, "extra", "more"])
+        record("NotFound", "managers.exceptions", ["m", {"id": 1}, "extra", "more"])
     )
     assert type(rebuilt) is RemoteError
     assert rebuilt.remote_type == "NotFound"

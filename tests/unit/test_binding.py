@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.binding import Binder, checker
+from workers.core.binding import Binder, checker
 from workers.exceptions import InvalidRequest
 
 # -- endpoints (with `from __future__ import annotations`, every annotation is a string) ----

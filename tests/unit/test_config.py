@@ -1,4 +1,4 @@
-"""workers/config.py: sources, environments, validation, derived values and masking."""
+"""workers/core/config.py: sources, environments, validation, derived values and masking."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_config
-from workers import config as config_mod
-from workers.config import MASK, effective, masked
+from tests.conftest import REPO_ROOT, make_config
+from workers.core import config as config_mod
+from workers.core.config import DEFAULTS_FILE, MASK, build_config, effective, load_config, masked
 from workers.exceptions import ConfigError, InvalidRequest, UnknownService
 
 
@@ -46,7 +46,7 @@ def test_nested_environment_variable_overrides_the_service_driver(
     assert config.services["volume"].driver == "fake"
     assert list(config.services) == ["volume", "compute", "scheduler"]
     assert config.raw["services"]["volume"] == {
-        "manager": "managers.volume:VolumeManager",
+        "manager": "volume",
         "driver": "fake",
         "driver_options": {"root": "{state_dir}/volumes/{host}"},
     }
@@ -138,21 +138,31 @@ def test_unknown_environment_is_a_config_error_naming_the_value(
 # -- extra settings files -------------------------------------------------------------
 
 
-def test_extra_settings_files_merge_with_the_project_settings(tmp_path: Path) -> None:
+def test_settings_files_named_in_taskyard_settings_merge_in_order(tmp_path: Path) -> None:
     echo = _write(
         tmp_path / "echo.toml",
         '[default.services.echo]\nmanager = "pkg.echo:EchoManager"\ndriver = "pkg.echo:Driver"\n'
         "[default]\nrpc_timeout = 7\n",
     )
     later = _write(tmp_path / "later.toml", "[default]\nrpc_timeout = 9\n")
+    project = REPO_ROOT / "settings.toml"
 
-    config = make_config(env={"TASKYARD_SETTINGS": f"{echo}, {later}"})
+    config = make_config(env={"TASKYARD_SETTINGS": f"{project}, {echo}, {later}"})
 
     assert sorted(config.services) == ["compute", "echo", "scheduler", "volume"]
     assert config.services["echo"].manager == "pkg.echo:EchoManager"
     assert config.services["echo"].driver_options == {}
     assert config.services["volume"].driver == "fake"
     assert config.rpc_timeout == 9.0
+    assert config.sources == (str(DEFAULTS_FILE), str(project), str(echo), str(later))
+
+
+def test_taskyard_settings_replaces_the_search_for_a_settings_toml(tmp_path: Path) -> None:
+    echo = _write(tmp_path / "echo.toml",
+                  '[default.services.echo]\nmanager = "a:B"\ndriver = "c:D"\n')
+    config = make_config(env={"TASKYARD_SETTINGS": str(echo)})
+    assert list(config.services) == ["echo"]
+    assert config.project_dir == tmp_path
 
 
 def test_extra_settings_file_from_the_process_environment_is_read(
@@ -362,7 +372,7 @@ def test_masked_hides_a_whole_table_under_a_secret_key() -> None:
 def test_service_returns_the_configured_service() -> None:
     volume = make_config().service("volume")
     assert volume.name == "volume"
-    assert volume.manager == "managers.volume:VolumeManager"
+    assert volume.manager == "volume"
     assert volume.driver == "fake"
 
 
@@ -371,7 +381,7 @@ def test_unknown_service_lists_the_configured_services(tmp_path: Path) -> None:
         tmp_path / "echo.toml",
         '[default.services.echo]\nmanager = "pkg.echo:M"\ndriver = "pkg.echo:D"\n',
     )
-    config = make_config(env={"TASKYARD_SETTINGS": str(extra)})
+    config = make_config(env={"TASKYARD_SETTINGS": f"{REPO_ROOT / 'settings.toml'},{extra}"})
 
     with pytest.raises(UnknownService) as info:
         config.service("nope")
@@ -401,3 +411,88 @@ def test_malformed_service_table_is_a_config_error_naming_the_key(
     with pytest.raises(ConfigError) as info:
         make_config(env={"TASKYARD_SETTINGS": str(extra)})
     assert message in str(info.value)
+
+
+# -- where the settings come from -------------------------------------------------------
+
+
+def _project(root: Path, text: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    _write(root / "settings.toml", text)
+    return root
+
+
+def test_the_package_defaults_declare_every_key_and_no_service(tmp_path: Path) -> None:
+    config = load_config(cwd=tmp_path)  # no settings.toml here or above
+    assert config.services == {}
+    assert config.sources == (str(DEFAULTS_FILE),)
+    assert config.project_dir == tmp_path
+    assert (config.rpc_timeout, config.visibility_timeout) == (30.0, 3600)
+
+
+def test_the_nearest_settings_toml_above_the_current_directory_is_the_project(
+    tmp_path: Path,
+) -> None:
+    project = _project(tmp_path / "proj", "[default]\nrpc_timeout = 12\n")
+    deep = project / "src" / "pkg"
+    deep.mkdir(parents=True)
+    config = load_config(cwd=deep)
+    assert config.rpc_timeout == 12.0
+    assert config.project_dir == project
+    assert config.sources == (str(DEFAULTS_FILE), str(project / "settings.toml"))
+
+
+def test_secrets_beside_the_project_settings_are_read_last(tmp_path: Path) -> None:
+    project = _project(tmp_path / "proj", '[default.security]\nsigning_key = ""\n')
+    _write(project / ".secrets.toml", '[default.security]\nsigning_key = "0123456789abcdef"\n')
+    config = load_config(cwd=project)
+    assert config.security.signing_key == "0123456789abcdef"
+    assert config.sources[-1] == str(project / ".secrets.toml")
+    assert "0123456789abcdef" not in json.dumps(effective(config))
+
+
+def test_a_relative_state_dir_is_relative_to_the_project_not_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TASKYARD_STATE_DIR")
+    project = _project(tmp_path / "proj", '[default]\nstate_dir = "var/state"\n')
+    (project / "sub").mkdir()
+    config = load_config(cwd=project / "sub")
+    assert config.state_dir == project / "var" / "state"
+
+
+def test_config_shows_which_files_it_read_and_every_path_resolved(tmp_path: Path) -> None:
+    project = _project(tmp_path / "proj")
+    shown = effective(load_config(cwd=project))
+    assert shown["settings_files"] == [str(DEFAULTS_FILE), str(project / "settings.toml")]
+    assert shown["project_dir"] == str(project)
+    assert Path(shown["state_dir"]).is_absolute()
+
+
+def test_a_table_replaced_by_a_value_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    project = _project(tmp_path / "proj", "[default]\nflower = 3\n")
+    with pytest.raises(ConfigError, match=r"settings key 'flower\.address' is missing"):
+        load_config(cwd=project)
+
+
+def test_a_toml_syntax_error_is_a_config_error_naming_the_problem(tmp_path: Path) -> None:
+    project = _project(tmp_path / "proj", "[default\nrpc_timeout = \n")
+    with pytest.raises(ConfigError, match="cannot read the settings"):
+        load_config(cwd=project)
+
+
+def test_a_secret_with_a_bad_value_is_named_but_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKYARD_SECURITY__SIGNING_KEY", "short-secret")
+    with pytest.raises(ConfigError) as info:
+        make_config()
+    assert "'security.signing_key' = ****" in str(info.value)
+    assert "short-secret" not in str(info.value)
+
+
+def test_building_a_config_touches_no_file(tmp_path: Path) -> None:
+    raw = make_config().raw
+    config = build_config(raw, project_dir=tmp_path / "nowhere")
+    assert config.state_dir.is_absolute()
+    assert not (tmp_path / "nowhere").exists()

@@ -9,12 +9,12 @@ from typing import Any
 
 import fakeredis
 import pytest
-from celery import Celery
 
 from managers.base import Manager, endpoint
-from tests.conftest import in_process_worker, install, make_config, memory_config
-from workers.app import create_app
-from workers.config import Config, ServiceConfig
+from tests.conftest import in_process_worker, make_app, make_config, manager_of, memory_config
+from workers.client.rpc import Client, Handle
+from workers.core.application import Taskyard
+from workers.core.config import Config, ServiceConfig
 from workers.exceptions import (
     InvalidRequest,
     NotFound,
@@ -25,8 +25,6 @@ from workers.exceptions import (
     UnknownService,
     wire_error,
 )
-from workers.rpc import Client, Handle
-from workers.services import get_manager
 
 
 @wire_error
@@ -81,9 +79,6 @@ class EchoManager(Manager):
         return "secret"
 
 
-RECORDS_URL = "redis://fakeredis.invalid:6379/0"
-
-
 @pytest.fixture(scope="module")
 def module_redis() -> fakeredis.FakeRedis:
     return fakeredis.FakeRedis()
@@ -97,31 +92,29 @@ def config(module_redis: fakeredis.FakeRedis) -> Config:
     services["echo"] = ServiceConfig(
         name="echo", manager=f"{__name__}:EchoManager", driver=f"{__name__}:LoudEcho",
     )
-    return memory_config(base, RECORDS_URL, host="node-a", services=services, rpc_timeout=10.0)
+    return memory_config(base, host="node-a", services=services, rpc_timeout=10.0)
 
 
 @pytest.fixture(autouse=True)
-def _installed(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[None]:
-    """Each test sees the module's configuration and records (isolation resets them)."""
-    install(config, RECORDS_URL, module_redis)
+def _gates() -> Iterator[None]:
     yield
     gate.clear()
     reached.clear()
 
 
 @pytest.fixture(scope="module")
-def app(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Celery]:
+def app(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Taskyard]:
     """One in-process worker for the module."""
     queues = ["volume", "volume.node-a", "echo", "echo.node-a", "volume.node-b"]
-    with in_process_worker(config, module_redis, queues) as app:
+    with in_process_worker(make_app(config, module_redis), queues) as app:
         yield app
 
 
-def test_call_returns_the_endpoints_result(app: Celery) -> None:
+def test_call_returns_the_endpoints_result(app: Taskyard) -> None:
     assert Client("echo", app=app).call("echo", text="hi", times=2) == "HI HI"
 
 
-def test_volume_service_round_trip(app: Celery) -> None:
+def test_volume_service_round_trip(app: Taskyard) -> None:
     volume = Client("volume", app=app)
     vol = volume.call("create_volume", size_gb=1, name="data")
     assert vol["status"] == "available" and vol["host"] == "node-a"
@@ -130,7 +123,7 @@ def test_volume_service_round_trip(app: Celery) -> None:
     assert handle.wait()["status"] == "deleted"
 
 
-def test_declared_errors_cross_the_wire_as_themselves_with_the_host(app: Celery) -> None:
+def test_declared_errors_cross_the_wire_as_themselves_with_the_host(app: Taskyard) -> None:
     with pytest.raises(OutOfEchoes, match="only 3 echoes") as caught:
         Client("echo", app=app).call("echo", text="x", times=9)
     assert caught.value.host == "node-a"
@@ -140,7 +133,7 @@ def test_declared_errors_cross_the_wire_as_themselves_with_the_host(app: Celery)
 
 
 def test_unexpected_errors_arrive_as_remote_error_with_type_traceback_and_host(
-    app: Celery,
+    app: Taskyard,
 ) -> None:
     with pytest.raises(RemoteError) as caught:
         Client("echo", app=app).call("explode")
@@ -151,7 +144,7 @@ def test_unexpected_errors_arrive_as_remote_error_with_type_traceback_and_host(
     assert error.host == "node-a"
 
 
-def _raw(app: Celery, name: str, *args: Any, **kwargs: Any) -> Handle:
+def _raw(app: Taskyard, name: str, *args: Any, **kwargs: Any) -> Handle:
     """Send a message as a hostile or outdated client would: no client-side checks."""
     result = app.send_task(name, args=args, kwargs=kwargs, queue=name.split(".")[0])
     return Handle(result, name.split(".")[0], name, None, 10)
@@ -168,7 +161,7 @@ def _raw(app: Celery, name: str, *args: Any, **kwargs: Any) -> Handle:
     ],
 )
 def test_bad_arguments_are_refused_on_the_node_with_invalid_request(
-    app: Celery, args: tuple[Any, ...], kwargs: dict[str, Any], fragment: str
+    app: Taskyard, args: tuple[Any, ...], kwargs: dict[str, Any], fragment: str
 ) -> None:
     with pytest.raises(InvalidRequest, match=fragment) as caught:
         _raw(app, "echo.echo", *args, **kwargs).wait()
@@ -177,7 +170,7 @@ def test_bad_arguments_are_refused_on_the_node_with_invalid_request(
 
 @pytest.mark.parametrize("name", ["echo.helper", "echo.init_host", "echo._private",
                                   "echo.__class__", "echo.driver", "echo.nosuch.thing"])
-def test_names_that_are_not_endpoints_are_unknown_on_the_node(app: Celery, name: str) -> None:
+def test_names_that_are_not_endpoints_are_unknown_on_the_node(app: Taskyard, name: str) -> None:
     with pytest.raises(UnknownEndpoint, match="no endpoint"):
         _raw(app, name).wait()
     assert Client("echo", app=app).call("echo", text="still serving") == "STILL SERVING"
@@ -186,22 +179,22 @@ def test_names_that_are_not_endpoints_are_unknown_on_the_node(app: Celery, name:
 @pytest.mark.parametrize("method", ["helper", "init_host", "_private", "__class__", "driver"])
 def test_the_client_refuses_unknown_endpoints_before_sending(config: Config, method: str) -> None:
     with pytest.raises(UnknownEndpoint, match="endpoints: echo, explode"):
-        Client("echo", app=create_app(config, set_as_current=False)).cast(method)
+        Client("echo", app=make_app(config)).cast(method)
 
 
 def test_the_client_refuses_an_unknown_service_at_once(config: Config) -> None:
     with pytest.raises(UnknownService,
                        match="configured services are compute, echo, scheduler, volume"):
-        Client("nope", app=create_app(config, set_as_current=False))
+        Client("nope", app=make_app(config))
 
 
 def test_the_client_checks_arguments_before_sending(config: Config) -> None:
-    client = Client("echo", app=create_app(config, set_as_current=False))
+    client = Client("echo", app=make_app(config))
     with pytest.raises(InvalidRequest, match="missing argument 'text'"):
         client.cast("echo")
 
 
-def test_progress_is_visible_while_the_endpoint_runs(app: Celery) -> None:
+def test_progress_is_visible_while_the_endpoint_runs(app: Taskyard) -> None:
     handle = Client("echo", app=app).cast("slow", steps=2)
     assert reached.wait(10)
     deadline = threading.Event()
@@ -216,14 +209,14 @@ def test_progress_is_visible_while_the_endpoint_runs(app: Celery) -> None:
     assert handle.wait()["request_id"]
 
 
-def test_call_times_out_with_a_message_that_says_it_may_still_run(app: Celery) -> None:
+def test_call_times_out_with_a_message_that_says_it_may_still_run(app: Taskyard) -> None:
     with pytest.raises(Timeout, match="may still run") as caught:
         Client("echo", app=app).prepare(timeout=0.3).call("slow", steps=1)
     assert caught.value.details["task_id"]
     gate.set()
 
 
-def test_every_request_carries_a_context_from_the_caller(app: Celery, config: Config) -> None:
+def test_every_request_carries_a_context_from_the_caller(app: Taskyard, config: Config) -> None:
     seen = Client("echo", app=app, user="alice").call("whoami")
     assert len(seen["request_id"]) == 32
     assert seen["caller"] == config.host and seen["user"] == "alice"
@@ -231,10 +224,10 @@ def test_every_request_carries_a_context_from_the_caller(app: Celery, config: Co
     assert again["request_id"] != seen["request_id"]
 
 
-def test_a_request_forwarded_in_circles_stops_with_an_error(app: Celery) -> None:
+def test_a_request_forwarded_in_circles_stops_with_an_error(app: Taskyard) -> None:
     volume = Client("volume", app=app)
     vol = volume.call("create_volume", size_gb=1)
-    manager = get_manager("volume")
+    manager = manager_of(app, "volume")
     manager.volumes.transition(vol["id"], ("available",), {"host": "node-b"}, action="test")
     # node-b's queue is consumed here by a manager whose host is node-a: each
     # delivery forwards again, until the hop limit stops it.
@@ -242,20 +235,20 @@ def test_a_request_forwarded_in_circles_stops_with_an_error(app: Celery) -> None
         volume.call("delete_volume", volume_id=vol["id"])
 
 
-def test_the_node_keeps_one_manager_per_service(app: Celery) -> None:
-    manager = get_manager("echo")
-    assert get_manager("echo") is manager
+def test_the_node_keeps_one_manager_per_service(app: Taskyard) -> None:
+    manager = manager_of(app, "echo")
+    assert manager_of(app, "echo") is manager
     assert Client("echo", app=app).call("ping")["host"] == "node-a"
 
 
-def test_cast_many_sends_every_request_and_each_is_served(app: Celery) -> None:
+def test_cast_many_sends_every_request_and_each_is_served(app: Taskyard) -> None:
     handles = Client("echo", app=app).cast_many("echo", [{"text": f"n{i}"} for i in range(20)])
     assert len({h.id for h in handles}) == 20
     assert [h.wait() for h in handles] == [f"N{i}" for i in range(20)]
 
 
 def test_cast_many_refuses_every_call_when_one_is_bad(config: Config) -> None:
-    client = Client("echo", app=create_app(config, set_as_current=False))
+    client = Client("echo", app=make_app(config))
     with pytest.raises(InvalidRequest,
                        match=r"call 2 of 3: echo\.echo: argument 'text' must be str"):
         client.cast_many("echo", [{"text": "a"}, {"text": "b"}, {"text": 3}])

@@ -13,8 +13,6 @@ from drivers.executor import (
     ProcessExecutionError,
     RecordingExecutor,
     Result,
-    execute,
-    set_default_executor,
 )
 from workers.exceptions import TaskyardError
 
@@ -299,41 +297,3 @@ def test_recording_executor_checks_the_exit_code_of_a_scripted_result() -> None:
     recorder = RecordingExecutor(responses={("false",): Result("", "no", 1)})
     with pytest.raises(ProcessExecutionError):
         recorder("false")
-
-
-# -- module-level execute -------------------------------------------------------------
-
-
-@pytest.fixture
-def restore_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(executor_mod, "_default", executor_mod._default)
-
-
-@pytest.mark.usefixtures("restore_default")
-def test_module_level_execute_runs_real_commands() -> None:
-    assert execute("echo", "from execute").stdout == "from execute\n"
-    with pytest.raises(ProcessExecutionError):
-        execute("false")
-    assert execute("false", check_exit_code=False).exit_code == 1
-
-
-@pytest.mark.usefixtures("restore_default")
-def test_set_default_executor_routes_execute_through_it() -> None:
-    recorder = RecordingExecutor(
-        root_helper=("sudo", "-n"),
-        responses={("sudo", "-n", "blkid"): Result("UUID=1\n", "", 0)},
-    )
-    set_default_executor(recorder)
-
-    result = execute("blkid", "/dev/x", run_as_root=True)
-
-    assert result.stdout == "UUID=1\n"
-    assert recorder.commands == [("sudo", "-n", "blkid", "/dev/x")]
-
-
-@pytest.mark.usefixtures("restore_default")
-def test_execute_passes_every_option_to_the_default_executor() -> None:
-    set_default_executor(Executor(root_helper=ROOT_HELPER))
-    result = execute("sh", "-c", "cat; exit 3", input="piped", check_exit_code=(3,), timeout=10,
-                     run_as_root=True)
-    assert result == Result("piped", "", 3)

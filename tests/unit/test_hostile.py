@@ -10,13 +10,12 @@ from __future__ import annotations
 import string
 from typing import Any
 
-import fakeredis
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.app import create_app
-from workers.config import Config
+from workers.core.application import Taskyard
+from workers.core.deadletters import DeadLetters
 from workers.exceptions import (
     Conflict,
     InvalidRequest,
@@ -24,8 +23,9 @@ from workers.exceptions import (
     RemoteError,
     TaskyardError,
     UnknownEndpoint,
+    lookup_wire_error,
 )
-from workers.services import reset_managers
+from workers.node.node import register_tasks
 
 #: What a node may answer besides a result. RemoteError would mean a bug.
 DECLARED = (InvalidRequest, UnknownEndpoint, NotFound, Conflict)
@@ -61,9 +61,9 @@ def dispatch(app: Any, service: str, method: str, args: Any, kwargs: Any) -> Any
 
 
 @pytest.fixture
-def app(unit_config: Config, fake_redis: fakeredis.FakeRedis) -> Any:
-    reset_managers()
-    return create_app(unit_config, set_as_current=False)
+def app(unit_app: Taskyard) -> Any:
+    register_tasks(unit_app, frozenset(unit_app.config.services))
+    return unit_app
 
 
 @settings(max_examples=300, deadline=None,
@@ -89,21 +89,15 @@ def test_names_that_reach_past_endpoints_are_unknown(app: Any, method: str) -> N
         dispatch(app, "volume", method, [], {})
 
 
-def test_refused_arguments_go_to_the_dead_letter_list(
-    app: Any, fake_redis: fakeredis.FakeRedis
-) -> None:
+def test_refused_arguments_go_to_the_dead_letter_list(app: Any) -> None:
     with pytest.raises(InvalidRequest, match="argument 'size_gb' must be int"):
         dispatch(app, "volume", "create_volume", [], {"size_gb": "ten"})
-    from workers.deadletters import DeadLetters
-
-    (letter,) = DeadLetters(fake_redis).list("volume")
+    (letter,) = DeadLetters(app.records).list("volume")
     assert letter["task"] == "volume.create_volume" and letter["kwargs"] == {"size_gb": "ten"}
     assert "must be int" in letter["reason"] and letter["requeueable"] is True
 
 
 def test_every_declared_error_is_a_wire_error() -> None:
-    from workers.exceptions import lookup_wire_error
-
     for cls in DECLARED:
         assert issubclass(cls, TaskyardError)
         assert lookup_wire_error(cls.__module__, cls.__qualname__) is cls

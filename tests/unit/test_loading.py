@@ -21,7 +21,7 @@ from drivers.volume.base import VolumeDriver
 from drivers.volume.fake import FakeVolumeDriver
 from drivers.volume.file import FileVolumeDriver
 from managers.volume import VolumeManager
-from workers import constants
+from workers.core import keys as constants
 from workers.exceptions import ConfigError
 
 HERE = __name__
@@ -228,8 +228,8 @@ def test_factory_function_is_called_with_the_options(path: str) -> None:
     [
         ("drivers.volume.fake", fake_module),
         ("drivers.volume.fake:", fake_module),
-        ("workers.constants.KEY_PREFIX", constants.KEY_PREFIX),
-        ("workers.constants:KEY_PREFIX", constants.KEY_PREFIX),
+        ("workers.core.keys.KEY_PREFIX", constants.KEY_PREFIX),
+        ("workers.core.keys:KEY_PREFIX", constants.KEY_PREFIX),
         (f"{HERE}.WIDGET", WIDGET),
     ],
 )
@@ -237,7 +237,7 @@ def test_module_or_plain_object_is_returned_as_it_is(path: str, expected: Any) -
     assert load_object(path) is expected
 
 
-@pytest.mark.parametrize("path", ["drivers.volume.fake", "workers.constants:KEY_PREFIX"])
+@pytest.mark.parametrize("path", ["drivers.volume.fake", "workers.core.keys:KEY_PREFIX"])
 def test_options_for_a_module_or_object_are_refused(path: str) -> None:
     with pytest.raises(LoadError) as info:
         load_object(path, total_gb=5)
@@ -289,8 +289,8 @@ def test_module_failing_on_a_missing_dependency_is_reported_as_that(
 @pytest.mark.parametrize(
     ("path", "owner", "attribute"),
     [
-        ("workers.constants:NOPE", "workers.constants", "NOPE"),
-        ("workers.constants.NOPE", "workers.constants", "NOPE"),
+        ("workers.core.keys:NOPE", "workers.core.keys", "NOPE"),
+        ("workers.core.keys.NOPE", "workers.core.keys", "NOPE"),
         (f"{HERE}:Widget.nope", f"{HERE}.Widget", "nope"),
     ],
 )
@@ -302,7 +302,7 @@ def test_missing_attribute_names_the_module_and_the_attribute(
     assert str(info.value) == f"{owner!r} has no attribute {attribute!r}"
 
 
-@pytest.mark.parametrize("path", ["", " workers.constants", ".constants", ":Name"])
+@pytest.mark.parametrize("path", ["", " workers.core.keys", ".constants", ":Name"])
 def test_malformed_path_is_refused(path: str) -> None:
     with pytest.raises(LoadError, match=re.escape("is not a dotted path such as pkg.module:Name")):
         load_object(path)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from workers.node import Heartbeat
+from workers.node.node import Heartbeat
 
 
 class FlakyRegistry:

@@ -11,12 +11,12 @@ import pytest
 
 from managers.base import RequestContext, current_context
 from tests.conftest import make_config
-from workers.config import FlowerConfig
+from workers.cli.flower import check_exposure, flower_argv, flower_environment
+from workers.cli.status import render as render_status
+from workers.client.progress import render, wait_with_progress
+from workers.core.config import FlowerConfig
 from workers.exceptions import ConfigError, Timeout
-from workers.flower import check_exposure, flower_argv, flower_environment
-from workers.logs import LOG_FORMAT, RequestIdFilter
-from workers.progress import render, wait_with_progress
-from workers.status import render as render_status
+from workers.node.logs import LOG_FORMAT, RequestIdFilter
 
 
 class ScriptedHandle:
@@ -52,7 +52,7 @@ def step(done: int, total: int, message: str) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("workers.progress.POLL_INTERVAL_S", 0)
+    monkeypatch.setattr("workers.client.progress.POLL_INTERVAL_S", 0)
 
 
 def test_the_bar_shows_how_far_the_work_has_come() -> None:

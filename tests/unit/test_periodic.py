@@ -10,14 +10,14 @@ from typing import Any
 
 import fakeredis
 import pytest
-from celery import Celery
 
 from managers.base import Manager, PeriodicSpec, endpoint, periodic_task
-from tests.conftest import in_process_worker, install, make_config, memory_config
-from workers.config import Config, ServiceConfig
+from tests.conftest import in_process_worker, make_app, make_config, memory_config
+from workers.client.rpc import Client, Handle
+from workers.core.application import Taskyard
+from workers.core.config import Config, ServiceConfig
+from workers.core.specs import build_spec
 from workers.exceptions import ConfigError, UnknownEndpoint
-from workers.rpc import Handle
-from workers.services import build_spec
 
 RECORDS_URL = "redis://fakeredis.invalid:6379/1"
 _running = 0
@@ -67,14 +67,10 @@ def config() -> Config:
     return memory_config(base, RECORDS_URL, host="node-p", services={"tick": tick})
 
 
-@pytest.fixture(autouse=True)
-def _installed(config: Config, module_redis: fakeredis.FakeRedis) -> None:
-    install(config, RECORDS_URL, module_redis)
-
-
 @pytest.fixture(scope="module")
-def app(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Celery]:
-    with in_process_worker(config, module_redis, ["tick", "tick.node-p"], concurrency=4) as app:
+def app(config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Taskyard]:
+    queues = ["tick", "tick.node-p"]
+    with in_process_worker(make_app(config, module_redis), queues, concurrency=4) as app:
         yield app
 
 
@@ -89,7 +85,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 
 def test_a_periodic_task_runs_at_its_spacing_from_settings(
-    app: Celery, module_redis: fakeredis.FakeRedis
+    app: Taskyard, module_redis: fakeredis.FakeRedis
 ) -> None:
     wait_for(lambda: module_redis.llen("runs:count") >= 4)
     stamps = [float(x) for x in module_redis.lrange("runs:count", 0, 3)]
@@ -98,27 +94,25 @@ def test_a_periodic_task_runs_at_its_spacing_from_settings(
 
 
 def test_a_slow_periodic_task_never_runs_twice_at_once(
-    app: Celery, module_redis: fakeredis.FakeRedis
+    app: Taskyard, module_redis: fakeredis.FakeRedis
 ) -> None:
     wait_for(lambda: module_redis.llen("runs:slow") >= 4, timeout=30)
     assert _most_at_once == 1, f"{_most_at_once} runs of the slow task at once"
 
 
 def test_an_exception_is_logged_and_the_schedule_goes_on(
-    app: Celery, module_redis: fakeredis.FakeRedis
+    app: Taskyard, module_redis: fakeredis.FakeRedis
 ) -> None:
     wait_for(lambda: module_redis.llen("runs:boom") >= 3)
 
 
-def test_a_periodic_task_sent_by_anyone_but_the_node_is_refused(app: Celery) -> None:
+def test_a_periodic_task_sent_by_anyone_but_the_node_is_refused(app: Taskyard) -> None:
     result = app.send_task("tick.periodic.count", queue="tick.node-p")
     with pytest.raises(UnknownEndpoint, match="own scheduler"):
         Handle(result, "tick", "periodic.count", None, 10).wait()
 
 
-def test_periodic_tasks_are_not_endpoints(app: Celery) -> None:
-    from workers.rpc import Client
-
+def test_periodic_tasks_are_not_endpoints(app: Taskyard) -> None:
     with pytest.raises(UnknownEndpoint):
         Client("tick", app=app).cast("count")
 

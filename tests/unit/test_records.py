@@ -7,8 +7,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from managers.records import Parent, RecordStore
-from workers.constants import DELETED_RECORD_TTL_S
+from managers.records import DELETED_RECORD_TTL_S, Parent, RecordStore
 from workers.exceptions import Conflict, NotFound
 
 

@@ -7,8 +7,9 @@ import json
 import fakeredis
 import pytest
 
-from workers.config import Config
-from workers.registry import DISABLED, DOWN, UP, Registry
+from workers.core.application import Taskyard
+from workers.core.config import Config
+from workers.core.registry import DISABLED, DOWN, UP, Registry
 
 DOWN_TIME = 60.0
 
@@ -176,11 +177,20 @@ def test_unknown_service_has_no_hosts(registry: Registry) -> None:
     assert registry.get("nope", "node-a") is None
 
 
-def test_registry_from_config_uses_the_records_client_and_down_time(
-    unit_config: Config, fake_redis: fakeredis.FakeRedis
+def test_registry_from_config_connects_to_the_records_url_with_the_down_time(
+    unit_config: Config,
 ) -> None:
-    registry = Registry.from_config(unit_config)
+    config = unit_config.with_overrides(records_url="redis://records.example:6390/4")
+    registry = Registry.from_config(config)
+    kwargs = registry.redis.connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("records.example", 6390, 4)
+    assert registry.service_down_time == config.service_down_time
+
+
+def test_the_apps_registry_uses_the_apps_records_client(
+    unit_app: Taskyard, fake_redis: fakeredis.FakeRedis
+) -> None:
+    registry = unit_app.registry
     assert registry.redis is fake_redis
-    assert registry.service_down_time == unit_config.service_down_time
-    registry.report("volume", unit_config.host, {})
+    registry.report("volume", unit_app.config.host, {})
     assert registry.hosts("volume") == ["node-a"]

@@ -9,18 +9,16 @@ from typing import Any
 
 import fakeredis
 import pytest
-from celery import Celery
 
 from managers.base import Manager, endpoint
-from tests.conftest import in_process_worker, install, make_config, memory_config
-from workers.app import create_app
-from workers.config import Config, SecurityConfig, ServiceConfig
-from workers.deadletters import DeadLetters
+from tests.conftest import in_process_worker, make_app, make_config, memory_config
+from workers.client.rpc import Client
+from workers.core.application import Taskyard
+from workers.core.config import Config, SecurityConfig, ServiceConfig, effective
+from workers.core.deadletters import DeadLetters
 from workers.exceptions import InvalidRequest, UnsupportedVersion
-from workers.rpc import Client
-from workers.security import SIGNATURE_HEADER, sign, verify
+from workers.extensions.signing import SIGNATURE_HEADER, sign, verify
 
-RECORDS_URL = "redis://fakeredis.invalid:6379/2"
 KEY = "current-key-0123456789"
 OLD_KEY = "retired-key-0123456789"
 OTHER_KEY = "someone-elses-key-0123"
@@ -36,7 +34,7 @@ class EchoManager(Manager):
 
 def settings_with(base: Config, **security: Any) -> Config:
     echo = ServiceConfig(name="echo", manager=f"{__name__}:EchoManager", driver="os.path")
-    return memory_config(base, RECORDS_URL, host="node-s", services={"echo": echo},
+    return memory_config(base, host="node-s", services={"echo": echo},
                          rpc_timeout=10.0, max_message_bytes=4096,
                          security=replace(base.security, **security))
 
@@ -53,33 +51,33 @@ def node_config() -> Config:
 
 
 @pytest.fixture(autouse=True)
-def _installed(node_config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[None]:
-    install(node_config, RECORDS_URL, module_redis)
+def _no_dead_letters(module_redis: fakeredis.FakeRedis) -> Iterator[None]:
     yield
     module_redis.delete("taskyard:deadletters:echo")
 
 
 @pytest.fixture(scope="module")
-def node(node_config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Celery]:
-    with in_process_worker(node_config, module_redis, ["echo", "echo.node-s"]) as app:
+def node(node_config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Taskyard]:
+    app = make_app(node_config, module_redis)
+    with in_process_worker(app, ["echo", "echo.node-s"]) as app:
         yield app
 
 
 def caller(node_config: Config, **security: Any) -> Client:
     config = node_config.with_overrides(security=SecurityConfig(**security))
-    return Client("echo", app=create_app(config, set_as_current=False))
+    return Client("echo", app=make_app(config))
 
 
 def dead_letters(redis: fakeredis.FakeRedis) -> list[dict[str, Any]]:
     return DeadLetters(redis).list("echo")
 
 
-def test_a_message_signed_with_the_current_key_is_served(node: Celery, node_config: Config
+def test_a_message_signed_with_the_current_key_is_served(node: Taskyard, node_config: Config
                                                          ) -> None:
     assert caller(node_config, signing_key=KEY).call("echo", text="hi") == "hi"
 
 
-def test_a_message_signed_with_a_previous_key_is_still_served(node: Celery,
+def test_a_message_signed_with_a_previous_key_is_still_served(node: Taskyard,
                                                               node_config: Config) -> None:
     assert caller(node_config, signing_key=OLD_KEY).call("echo", text="rotating") == "rotating"
 
@@ -89,7 +87,7 @@ def test_a_message_signed_with_a_previous_key_is_still_served(node: Celery,
     ({"signing_key": OTHER_KEY}, "bad signature"),
 ])
 def test_unsigned_or_foreign_messages_are_refused_and_dead_lettered(
-    node: Celery, node_config: Config, module_redis: fakeredis.FakeRedis,
+    node: Taskyard, node_config: Config, module_redis: fakeredis.FakeRedis,
     security: dict[str, str], reason: str,
 ) -> None:
     with pytest.raises(InvalidRequest, match=f"refused by node node-s: {reason}"):
@@ -101,7 +99,7 @@ def test_unsigned_or_foreign_messages_are_refused_and_dead_lettered(
     assert caller(node_config, signing_key=KEY).call("echo", text="still serving")
 
 
-def test_an_altered_message_is_refused(node: Celery, node_config: Config,
+def test_an_altered_message_is_refused(node: Taskyard, node_config: Config,
                                        module_redis: fakeredis.FakeRedis) -> None:
     # A signature made for other arguments, attached to this message.
     honest = json.dumps([[], {"text": "pay 1"}, {}]).encode()
@@ -126,14 +124,14 @@ def test_signatures_cover_the_body_and_every_header() -> None:
 
 
 def test_a_request_larger_than_the_limit_is_refused_before_it_is_sent(
-    node: Celery, node_config: Config
+    node: Taskyard, node_config: Config
 ) -> None:
     with pytest.raises(InvalidRequest, match=r"more than max_message_bytes \(4096\)"):
         caller(node_config, signing_key=KEY).cast("echo", text="x" * 5000)
 
 
 def test_a_request_for_a_newer_minor_version_is_refused_and_dead_lettered(
-    node: Celery, node_config: Config, module_redis: fakeredis.FakeRedis
+    node: Taskyard, node_config: Config, module_redis: fakeredis.FakeRedis
 ) -> None:
     client = caller(node_config, signing_key=KEY)
     with pytest.raises(UnsupportedVersion, match=r"needs API version 1\.3; this node serves 1\.2"):
@@ -147,8 +145,6 @@ def test_a_request_for_a_newer_minor_version_is_refused_and_dead_lettered(
 
 
 def test_signing_keys_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.config import effective
-
     monkeypatch.setenv("TASKYARD_SECURITY__SIGNING_KEY", KEY)
     monkeypatch.setenv("TASKYARD_SECURITY__PREVIOUS_SIGNING_KEYS", json.dumps([OLD_KEY]))
     config = make_config()

@@ -3,7 +3,7 @@
 Celery, reading a failed task's result, rebuilds whatever exception class
 the record names when the caller has its module imported. taskyard's
 backends rebuild only classes registered with
-:func:`workers.exceptions.wire_error`; everything else becomes a
+:func:`~workers.exceptions.wire_error`; everything else becomes a
 :class:`~workers.exceptions.RemoteError` carrying the remote type name and
 message, and an unknown task name becomes
 :class:`~workers.exceptions.UnknownEndpoint`.

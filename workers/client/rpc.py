@@ -2,7 +2,7 @@
 
 ::
 
-    from workers.rpc import Client
+    from workers import Client
     volume = Client("volume")
     vol = volume.call("create_volume", size_gb=1, name="data")   # waits for the result
     volume.cast("delete_volume", volume_id=vol["id"])             # returns a Handle at once
@@ -21,29 +21,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
-from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 
 from managers.base import RequestContext, current_context
-from workers.config import Config
-from workers.constants import host_queue
+from workers.core.application import Taskyard, default_app
+from workers.core.config import Config
+from workers.core.keys import PROGRESS, host_queue
+from workers.core.specs import ServiceSpec
 from workers.exceptions import InvalidRequest, RemoteError, TaskyardError, Timeout, Unavailable
-from workers.security import seal
-from workers.services import ServiceSpec, service_specs
-from workers.tasks import PROGRESS
+from workers.extensions.signing import seal
 
 
 def _short_repr(value: Any, limit: int = 1024) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _app() -> Celery:
-    from workers.app import get_app
-
-    return get_app()
 
 
 def _as_error(exc: BaseException, result: AsyncResult | None = None) -> TaskyardError:
@@ -133,14 +126,14 @@ class Client:
         *,
         host: str | None = None,
         timeout: float | None = None,
-        app: Celery | None = None,
+        app: Taskyard | None = None,
         user: str | None = None,
         version_cap: str | None = None,
     ) -> None:
-        self.app = app or _app()
-        self.config: Config = self.app.taskyard_config  # type: ignore[attr-defined]
+        self.app = app or default_app()
+        self.config: Config = self.app.config
         service_config = self.config.service(service)  # UnknownService at once
-        self.spec: ServiceSpec = service_specs(self.config)[service]
+        self.spec: ServiceSpec = self.app.specs[service]
         self.service = service
         self.host = host
         self.timeout = self.config.rpc_timeout if timeout is None else float(timeout)
@@ -283,13 +276,7 @@ class Client:
 
     def _sent_events(self) -> Any:
         """What publishes task-sent events through a given producer (None when they are off)."""
-        if not self.app.conf.task_send_sent_event:
-            return None
-        dispatcher = getattr(self.app, "taskyard_sent_events", None)
-        if dispatcher is None:
-            dispatcher = self.app.events.Dispatcher(enabled=False)
-            self.app.taskyard_sent_events = dispatcher
-        return dispatcher
+        return self.app.sent_events if self.app.conf.task_send_sent_event else None
 
     def fanout(self, method: str, /, *, wait: bool = False, **kwargs: Any) -> Any:
         """Send the request to every live node of the service, each on its own queue.
@@ -298,9 +285,7 @@ class Client:
         Returns the hosts it was sent to, or with ``wait=True`` a dict of host
         -> result (or the error raised there, as an exception object).
         """
-        from workers.registry import Registry
-
-        hosts = Registry.from_config(self.config).alive_hosts(self.service)
+        hosts = self.app.registry.alive_hosts(self.service)
         # The shadow name is what logs and Flower show: "volume.ping (fanout)".
         shadow = f"{self.spec.task_name(method)} (fanout)"
         handles = {host: self._send(method, kwargs, host, shadow) for host in hosts}

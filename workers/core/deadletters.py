@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from workers.constants import KEY_PREFIX
+from workers.core.keys import deadletters_key
 from workers.exceptions import NotFound
 
 log = logging.getLogger("taskyard.deadletters")
@@ -29,10 +29,6 @@ MAX_PER_SERVICE = 10_000
 MAX_RAW_CHARS = 65_536
 #: Service name under which messages of unknown service are kept.
 UNKNOWN_SERVICE = "_unknown"
-
-
-def key(service: str) -> str:
-    return f"{KEY_PREFIX}:deadletters:{service}"
 
 
 def service_of(queue_or_task: str | None, known: set[str] | None = None) -> str:
@@ -82,15 +78,15 @@ class DeadLetters:
                     reason, task, task_id, queue)
         try:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.lpush(key(service), json.dumps(entry, default=repr))
-            pipe.ltrim(key(service), 0, MAX_PER_SERVICE - 1)
+            pipe.lpush(deadletters_key(service), json.dumps(entry, default=repr))
+            pipe.ltrim(deadletters_key(service), 0, MAX_PER_SERVICE - 1)
             pipe.execute()
         except Exception:
             log.exception("could not store dead letter %s (%s)", letter_id, reason)
         return letter_id
 
     def services(self) -> list[str]:
-        prefix = key("")
+        prefix = deadletters_key("")
         return sorted(
             (k.decode() if isinstance(k, bytes) else k)[len(prefix):]
             for k in self.redis.scan_iter(match=prefix + "*")
@@ -100,17 +96,17 @@ class DeadLetters:
         """Entries of one service (or of all), newest first."""
         entries: list[dict[str, Any]] = []
         for name in [service] if service else self.services():
-            entries += [json.loads(raw) for raw in self.redis.lrange(key(name), 0, -1)]
+            entries += [json.loads(raw) for raw in self.redis.lrange(deadletters_key(name), 0, -1)]
         entries.sort(key=lambda e: e["at"], reverse=True)
         return entries
 
     def find(self, letter_id: str) -> tuple[str, dict[str, Any], bytes]:
         for service in self.services():
-            for raw in self.redis.lrange(key(service), 0, -1):
+            for raw in self.redis.lrange(deadletters_key(service), 0, -1):
                 entry = json.loads(raw)
                 if entry["id"] == letter_id:
                     return service, entry, raw
         raise NotFound(f"no dead letter with id {letter_id!r}", {"id": letter_id})
 
     def remove(self, service: str, raw: bytes) -> None:
-        self.redis.lrem(key(service), 1, raw)
+        self.redis.lrem(deadletters_key(service), 1, raw)

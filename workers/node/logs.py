@@ -3,7 +3,7 @@
 Celery sets up a node's logging; these hooks then add the id of the request
 in hand (``-`` outside a request) to every record and to the format, and
 replace Celery's two lines per task (received, succeeded) with the one line
-:mod:`workers.tasks` writes per request: service, endpoint, host, request
+:mod:`workers.node.endpoints` writes per request: service, endpoint, host, request
 id, duration and outcome.
 """
 
@@ -22,7 +22,7 @@ LOG_FORMAT = (
     "[%(asctime)s: %(levelname)s/%(processName)s] [req=%(request_id)s] %(name)s: %(message)s"
 )
 
-#: Celery's per-task INFO lines, replaced by the request line of workers.tasks.
+#: Celery's per-task INFO lines, replaced by the request line of workers.node.endpoints.
 QUIETED = ("celery.app.trace", "celery.worker.strategy")
 
 
@@ -53,6 +53,12 @@ def install(logger: logging.Logger, fmt: str = LOG_FORMAT) -> None:
         handler.setFormatter(logging.Formatter(fmt))
     for name in QUIETED:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def install_now() -> None:
+    """Install on the loggers Celery has already set up (a node's start, after its logging)."""
+    install(logging.getLogger())
+    install(logging.getLogger("celery.task"))
 
 
 def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:

@@ -8,12 +8,12 @@ the canonical JSON of every other header. Forwarded requests, handed-on
 work and periodic runs are signed the same way, since they are sent
 through the same app.
 
-Receiving: the strategy of every endpoint and periodic task checks the
-signature against the signing key and every key in
-``security.previous_signing_keys`` (so keys rotate without a flag day)
-before the message reaches the pool. An unsigned or altered message is
-refused: its caller gets ``InvalidRequest``, and the message goes to the
-dead-letter list with the reason.
+Receiving: :mod:`workers.extensions.strategy` checks the signature of every
+message a node takes (see there).
+
+:class:`GuardedAMQP` overrides ``AMQP._create_task_sender``, a private
+method of Celery 5.7 (``tests/unit/test_canaries.py`` fails when its shape
+changes).
 """
 
 from __future__ import annotations
@@ -21,17 +21,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery.app.amqp import AMQP
-from celery.worker.strategy import default as default_strategy
 from kombu.serialization import dumps as kombu_dumps
 
 from workers.exceptions import InvalidRequest
-
-log = logging.getLogger("taskyard.security")
 
 SIGNATURE_HEADER = "taskyard_signature"
 _SCHEME = "v1"
@@ -65,7 +61,7 @@ def verify(keys: Iterable[str], body: bytes, headers: dict[str, Any]) -> str | N
     return "bad signature: the message was altered, or signed with a key this node does not have"
 
 
-def _body_bytes(body: Any) -> bytes:
+def body_bytes(body: Any) -> bytes:
     return body.encode() if isinstance(body, str) else bytes(body)
 
 
@@ -76,7 +72,7 @@ def seal(config: Any, name: str, headers: dict[str, Any], body: Any,
     Returns the serialized body, which a caller may publish as it is.
     """
     _, _, data = kombu_dumps(body, serializer=serializer)
-    payload = _body_bytes(data)
+    payload = body_bytes(data)
     limit = config.max_message_bytes
     if len(payload) > limit:
         raise InvalidRequest(
@@ -94,7 +90,7 @@ class GuardedAMQP(AMQP):
 
     def _create_task_sender(self) -> Callable[..., Any]:
         send = super()._create_task_sender()
-        config = self.app.taskyard_config
+        config = self.app.config
         serializer = self.app.conf.task_serializer
 
         def send_task_message(producer: Any, name: str, message: Any, **kwargs: Any) -> Any:
@@ -106,24 +102,3 @@ class GuardedAMQP(AMQP):
             return send(producer, name, message, **kwargs)
 
         return send_task_message
-
-
-def verifying_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
-    """Celery's default strategy, behind a signature check when signing is on."""
-    handler = default_strategy(task, app, consumer, **kwargs)
-    security = app.taskyard_config.security
-    if not security.enabled:
-        return handler
-    keys = (security.signing_key, *security.previous_signing_keys)
-
-    def task_message_handler(message: Any, body: Any, ack: Any, reject: Any,
-                             callbacks: Any, **kw: Any) -> Any:
-        problem = verify(keys, _body_bytes(message.body), message.headers or {})
-        if problem is None:
-            return handler(message, body, ack, reject, callbacks, **kw)
-        from workers.consumer import refuse_message
-
-        refuse_message(app, message, problem, requeueable=False)
-        return None
-
-    return task_message_handler

@@ -13,52 +13,13 @@ import logging
 import warnings
 from typing import Any
 
-from celery.exceptions import CPendingDeprecationWarning
+from celery.exceptions import CPendingDeprecationWarning, NotRegistered
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import active_requests
 
-from workers.connections import client_for
-from workers.deadletters import DeadLetters, service_of
-from workers.exceptions import InvalidRequest
+from workers.extensions.refusal import header, refuse_message
 
 log = logging.getLogger("taskyard.consumer")
-
-
-def _field(message: Any, name: str) -> Any:
-    headers = getattr(message, "headers", None) or {}
-    return headers.get(name) if isinstance(headers, dict) else None
-
-
-def refuse_message(app: Any, message: Any, reason: str, requeueable: bool = True,
-                   store_failure: bool = True) -> None:
-    """Dead-letter ``message``, tell its caller why, and take it off the queue."""
-    config = app.taskyard_config
-    host = config.host
-    task, task_id = _field(message, "task"), _field(message, "id")
-    queue = (getattr(message, "delivery_info", None) or {}).get("routing_key")
-    args = kwargs = None
-    raw = None
-    try:
-        args, kwargs, _ = message.decode()
-    except Exception:
-        raw = message.body
-    DeadLetters(client_for(config, config.records_url)).add(
-        service_of(task or queue, set(config.services)), reason, host=host,
-        queue=queue, task=task, task_id=task_id, args=args, kwargs=kwargs,
-        headers=message.headers if isinstance(message.headers, dict) else None, raw=raw,
-        requeueable=requeueable,
-    )
-    if store_failure and task_id:
-        try:
-            app.backend.mark_as_failure(task_id, InvalidRequest(
-                f"{task or 'the message'} was refused by node {host}: {reason}",
-                {"host": host}))
-        except Exception:
-            log.exception("could not store the refusal of %s", task_id)
-    try:
-        message.ack()
-    except Exception:
-        log.exception("could not take refused message %s off its queue", task_id)
 
 
 class Consumer(CeleryConsumer):
@@ -94,18 +55,12 @@ class Consumer(CeleryConsumer):
                        requeueable=False)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        task = _field(message, "task")
-        log.warning("refused %s[%s]: this node has no such task", task, _field(message, "id"))
+        task = header(message, "task")
+        log.warning("refused %s[%s]: this node has no such task", task, header(message, "id"))
         refuse_message(self.app, message, f"unknown task {task!r}: no such endpoint here",
                        store_failure=False)
         # Celery's own answer (NotRegistered) reaches the caller as UnknownEndpoint.
-        self.app.backend.mark_as_failure(_field(message, "id"), _not_registered(task))
+        self.app.backend.mark_as_failure(header(message, "id"), NotRegistered(str(task)))
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         refuse_message(self.app, message, f"invalid task message: {exc}", requeueable=False)
-
-
-def _not_registered(name: Any) -> Exception:
-    from celery.exceptions import NotRegistered
-
-    return NotRegistered(str(name))

@@ -15,22 +15,20 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from workers.config import Config
-from workers.connections import client_for
-from workers.constants import host_queue
-from workers.registry import Registry
-from workers.tasks import PROGRESS
+from workers.core.application import Taskyard
+from workers.core.keys import PROGRESS, host_queue
 
 
-def queue_lengths(config: Config, hosts: dict[str, list[str]]) -> dict[str, int]:
+def queue_lengths(app: Taskyard, hosts: dict[str, list[str]]) -> dict[str, int]:
     """Messages waiting in each queue of each configured service (Redis lists)."""
+    config = app.config
     names = []
     for service in config.services:
         names.append(service)
         names += [host_queue(service, host) for host in hosts.get(service, [])]
     if not config.broker_url.startswith(("redis://", "rediss://", "unix://")):
         return {}
-    pipe = client_for(config, config.broker_url).pipeline(transaction=False)
+    pipe = app.redis(config.broker_url).pipeline(transaction=False)
     for name in names:
         pipe.llen(name)
     return dict(zip(names, pipe.execute(), strict=True))
@@ -52,9 +50,9 @@ def running(app: Celery, timeout: float) -> tuple[list[dict[str, Any]], list[str
     return found, sorted(replies)
 
 
-def gather(config: Config, app: Celery, inspect_timeout: float = 1.0) -> dict[str, Any]:
+def gather(app: Taskyard, inspect_timeout: float = 1.0) -> dict[str, Any]:
     """Everything ``taskyard status`` shows, as data."""
-    records = Registry.from_config(config).list()
+    records = app.registry.list()
     services: dict[str, dict[str, Any]] = {}
     hosts: dict[str, list[str]] = {}
     for record in records:
@@ -66,7 +64,7 @@ def gather(config: Config, app: Celery, inspect_timeout: float = 1.0) -> dict[st
     for entry in services.values():
         entry["states"] = dict(entry["states"])
     tasks, answered = running(app, inspect_timeout)
-    return {"services": services, "queues": queue_lengths(config, hosts),
+    return {"services": services, "queues": queue_lengths(app, hosts),
             "running": tasks, "answered": answered}
 
 

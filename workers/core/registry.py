@@ -20,9 +20,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.config import Config
-from workers.connections import client_for
-from workers.constants import registry_key
+from workers.core.config import Config
+from workers.core.connections import connect
+from workers.core.keys import registry_key
 
 UP, DOWN, DISABLED = "up", "down", "disabled"
 
@@ -82,7 +82,8 @@ class Registry:
 
     @classmethod
     def from_config(cls, config: Config) -> Registry:
-        return cls(client_for(config, config.records_url),
+        """The registry of ``config``'s fleet, on a client of its own (for operators' tools)."""
+        return cls(connect(config, config.records_url),
                    service_down_time=config.service_down_time)
 
     # -- writing ---------------------------------------------------------------

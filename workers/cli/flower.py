@@ -15,7 +15,9 @@ import subprocess
 import sys
 from typing import Any
 
-from workers.config import Config
+from celery.bin.celery import celery as celery_command
+
+from workers.core.config import Config
 from workers.exceptions import ConfigError
 
 
@@ -66,8 +68,6 @@ def run_flower(app: Any, config: Config) -> int:
         ) from None
     check_exposure(config)
     os.environ.update(flower_environment(config))
-    from celery.bin.celery import celery as celery_command
-
     celery_command.params[0].default = app
     try:
         code = celery_command.main(args=flower_argv(config), prog_name="taskyard",

@@ -28,10 +28,12 @@ from typing import Any
 from celery import Celery, Task
 
 from managers.base import PeriodicSpec
-from workers.constants import KEY_PREFIX, host_queue
+from workers.core.keys import host_queue, periodic_pending_key, periodic_task_name
+from workers.core.specs import ServiceSpec
 from workers.exceptions import UnknownEndpoint
-from workers.logs import log_request
-from workers.services import ServiceSpec, get_manager
+from workers.node.endpoints import VERIFYING_STRATEGY
+from workers.node.logs import log_request
+from workers.node.managers import ProcessManagers
 
 log = logging.getLogger("taskyard.periodic")
 
@@ -45,20 +47,12 @@ return 0
 """
 
 
-def task_name(service: str, name: str) -> str:
-    return f"{service}.periodic.{name}"
-
-
-def pending_key(service: str, host: str, name: str) -> str:
-    """Holds the task id of the run of ``name`` that ``host`` has sent and not finished."""
-    return ":".join((KEY_PREFIX, "periodic", service, host, name))
-
-
 class PeriodicTask(Task):
-    """Base of every periodic task; ``service`` and ``periodic_name`` are set per task."""
+    """Base of every periodic task; ``service``, ``periodic_name`` and ``managers`` per task."""
 
     service: str = ""
     periodic_name: str = ""
+    managers: ProcessManagers
     typing = False
     #: Nobody waits for a run: keep no result of a success (Flower still sees every run
     #: through events), but keep failures and refusals where they can be looked up.
@@ -66,12 +60,12 @@ class PeriodicTask(Task):
     store_errors_even_if_ignored = True
     #: A failing run is logged here once, with its traceback; Celery need not log it again.
     throws = (Exception,)
-    Strategy = "workers.security:verifying_strategy"
+    Strategy = VERIFYING_STRATEGY
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        manager = get_manager(self.service)
-        key = pending_key(self.service, manager.host, self.periodic_name)
+        manager = self.managers.get(self.service)
+        key = periodic_pending_key(self.service, manager.host, self.periodic_name)
         token = manager.redis.get(key)
         token = token.decode() if isinstance(token, bytes) else token
         if args or kwargs or token != self.request.id:
@@ -95,13 +89,15 @@ class PeriodicTask(Task):
             log_request(self.name, manager.host, "-", self.request.id, started, outcome)
 
 
-def register_periodic_tasks(app: Celery, spec: ServiceSpec) -> list[str]:
+def register_periodic_tasks(app: Celery, spec: ServiceSpec,
+                            managers: ProcessManagers) -> list[str]:
     """Register one task per periodic task of ``spec``; return their names."""
     names = []
     for name in spec.periodic:
-        full = task_name(spec.name, name)
+        full = periodic_task_name(spec.name, name)
         task_cls = type(full, (PeriodicTask,), {
-            "name": full, "service": spec.name, "periodic_name": name, "__module__": __name__,
+            "name": full, "service": spec.name, "periodic_name": name, "managers": managers,
+            "__module__": __name__,
         })
         app.register_task(task_cls())
         names.append(full)
@@ -125,7 +121,7 @@ class PeriodicScheduler(threading.Thread):
 
     def clear_pending(self) -> None:
         """Forget runs pending from before this node started: they cannot be running now."""
-        keys = [pending_key(s, self.host, spec.name) for s, spec in self.periodic]
+        keys = [periodic_pending_key(s, self.host, spec.name) for s, spec in self.periodic]
         if keys:
             self.redis.delete(*keys)
 
@@ -148,15 +144,15 @@ class PeriodicScheduler(threading.Thread):
 
     def fire(self, service: str, spec: PeriodicSpec) -> bool:
         """Send one run unless the previous one is still queued or running."""
-        key = pending_key(service, self.host, spec.name)
+        key = periodic_pending_key(service, self.host, spec.name)
         run_id = str(uuid.uuid4())
         try:
             if not self.redis.set(key, run_id, nx=True, ex=self.pending_ttl):
                 log.debug("%s on %s: previous run still pending; skipped this tick",
-                          task_name(service, spec.name), self.host)
+                          periodic_task_name(service, spec.name), self.host)
                 return False
             try:
-                self.app.send_task(task_name(service, spec.name), task_id=run_id,
+                self.app.send_task(periodic_task_name(service, spec.name), task_id=run_id,
                                    queue=host_queue(service, self.host))
             except Exception:
                 self.redis.eval(_RELEASE, 1, key, run_id)
@@ -164,7 +160,7 @@ class PeriodicScheduler(threading.Thread):
         except Exception as exc:
             if not self._failing:
                 log.warning("cannot send periodic task %s (%s); retrying at its next tick",
-                            task_name(service, spec.name), exc)
+                            periodic_task_name(service, spec.name), exc)
                 self._failing = True
             return False
         self._failing = False

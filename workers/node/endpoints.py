@@ -17,12 +17,13 @@ import time
 import uuid
 from typing import Any
 
-from celery import Celery, Task
+from celery import Task
 
 from managers.base import Forward, RequestContext, current_context, current_progress
-from workers.binding import Binder
-from workers.constants import MAX_FORWARD_HOPS, host_queue
-from workers.deadletters import DeadLetters
+from workers.core.binding import Binder
+from workers.core.deadletters import DeadLetters
+from workers.core.keys import MAX_FORWARD_HOPS, PROGRESS, host_queue
+from workers.core.specs import ServiceSpec
 from workers.exceptions import (
     InvalidRequest,
     RemoteError,
@@ -31,14 +32,14 @@ from workers.exceptions import (
     UnsupportedVersion,
     lookup_wire_error,
 )
-from workers.logs import log_request
-from workers.security import SIGNATURE_HEADER
-from workers.services import ServiceSpec, get_manager, served_services
+from workers.extensions.signing import SIGNATURE_HEADER
+from workers.node.logs import log_request
+from workers.node.managers import ProcessManagers
 
 log = logging.getLogger("taskyard.dispatch")
 
-#: The task state that carries ``{done, total, message}`` while an endpoint runs.
-PROGRESS = "PROGRESS"
+#: Every endpoint and periodic task checks signatures before the pool (signing on).
+VERIFYING_STRATEGY = "workers.extensions.strategy:verifying_strategy"
 
 
 def _jsonable(value: Any) -> Any:
@@ -59,17 +60,19 @@ def context_from_request(request: Any) -> RequestContext:
 
 
 class EndpointTask(Task):
-    """Base of every endpoint task; ``service``, ``method`` and ``binder`` are set per task."""
+    """Base of every endpoint task: ``service``, ``method``, ``binder``, ``managers`` per task."""
 
     service: str = ""
     method: str = ""
     binder: Binder
+    #: The node's managers (one per service per process).
+    managers: ProcessManagers
     #: Declared errors are part of normal operation: the worker logs them at INFO, not ERROR.
     throws = (TaskyardError,)
     #: Arguments are checked by the binder on the node, not by Celery in the caller.
     typing = False
     #: Signed messages are checked before they reach the pool (workers.security).
-    Strategy = "workers.security:verifying_strategy"
+    Strategy = VERIFYING_STRATEGY
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         return self.dispatch(args, kwargs)
@@ -90,7 +93,7 @@ class EndpointTask(Task):
         outcome = "interrupted"
         try:
             host = self.check_served()
-            manager = get_manager(self.service)
+            manager = self.managers.get(self.service)
             host = manager.host
             self.check_version(manager.rpc_api_version)
             try:
@@ -110,13 +113,15 @@ class EndpointTask(Task):
             forward_to = forward.host
             outcome = f"forwarded to {forward_to}"
         except TaskyardError as exc:
-            if lookup_wire_error(type(exc).__module__, type(exc).__qualname__) is not type(exc):
-                outcome = f"error {type(exc).__name__}"
-                raise RemoteError.from_exception(exc, host) from None
             outcome = f"error {type(exc).__name__}"
-            if host:
-                exc.with_details(host=host)
-            raise
+            if lookup_wire_error(type(exc).__module__, type(exc).__qualname__) is type(exc):
+                if host:
+                    exc.with_details(host=host)
+                raise
+            # Not part of the service's API (a driver's error, say): logged here with its
+            # traceback, and the caller gets RemoteError naming it.
+            log.exception("%s failed on %s", self.name, host)
+            raise RemoteError.from_exception(exc, host) from None
         except Exception as exc:
             outcome = f"error {type(exc).__name__}"
             log.exception("%s failed on %s", self.name, host)
@@ -130,8 +135,8 @@ class EndpointTask(Task):
 
     def check_served(self) -> str:
         """This node's host; :class:`UnknownEndpoint` when it does not run the service."""
-        config = self.app.taskyard_config
-        if self.service not in served_services(self.app):
+        config = self.app.config
+        if self.service not in self.managers.served:
             reason = (f"{self.name}: node {config.host} does not run the {self.service} "
                       "service; the message was put in a queue of a service it does not serve")
             self.dead_letter(reason, self.request.args, self.request.kwargs, config.host)
@@ -151,10 +156,8 @@ class EndpointTask(Task):
             raise UnsupportedVersion(reason, {"served": served, "wanted": str(wanted)})
 
     def dead_letter(self, reason: str, args: Any, kwargs: Any, host: str | None) -> None:
-        from workers.connections import client_for
-
-        config = self.app.taskyard_config
-        DeadLetters(client_for(config, config.records_url)).add(
+        config = self.app.config
+        DeadLetters(self.app.records).add(
             self.service, reason, host=host or config.host,
             queue=(self.request.delivery_info or {}).get("routing_key"), task=self.name,
             task_id=self.request.id, args=list(args or ()), kwargs=kwargs,
@@ -193,7 +196,7 @@ def version_compatible(wanted: str, served: str) -> bool:
     return want_major == have_major and want_minor <= have_minor
 
 
-def register_endpoint_tasks(app: Celery, spec: ServiceSpec) -> list[str]:
+def register_endpoint_tasks(app: Any, spec: ServiceSpec, managers: ProcessManagers) -> list[str]:
     """Register one task per endpoint of ``spec`` on ``app``; return their names."""
     names = []
     for method, binder in spec.binders.items():
@@ -206,6 +209,7 @@ def register_endpoint_tasks(app: Celery, spec: ServiceSpec) -> list[str]:
                 "service": spec.name,
                 "method": method,
                 "binder": binder,
+                "managers": managers,
                 "__module__": __name__,
                 "__doc__": getattr(spec.manager_cls.endpoints()[method], "__doc__", None),
             },
@@ -215,4 +219,4 @@ def register_endpoint_tasks(app: Celery, spec: ServiceSpec) -> list[str]:
     return names
 
 
-__all__ = ["PROGRESS", "EndpointTask", "register_endpoint_tasks"]
+__all__ = ["EndpointTask", "register_endpoint_tasks", "version_compatible"]

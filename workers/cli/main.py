@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import wraps
 from typing import Any, TypeVar
 
 import click
+from celery.bin.celery import celery as celery_command
 
-from workers import config as config_mod
-from workers import embedded
-from workers.constants import NODENAME_PREFIX, host_queue
-from workers.exceptions import ConfigError, TaskyardError
+from workers.cli import embedded
+from workers.cli.flower import run_flower, start_flower_process, url
+from workers.cli.status import gather, render
+from workers.client.progress import wait_with_progress
+from workers.client.rpc import Client
+from workers.core.application import Taskyard, set_default_app
+from workers.core.config import Config, effective, load_config, mask_url
+from workers.core.deadletters import DeadLetters
+from workers.core.keys import host_queue, nodename
+from workers.exceptions import ConfigError, InvalidRequest, TaskyardError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,14 +54,17 @@ def _use_host(host: str | None) -> None:
     """Make ``host`` this process's node name (children inherit it through the environment)."""
     if host:
         os.environ["TASKYARD_HOST"] = host
-        _reload()
 
 
-def _reload() -> None:
-    from workers.app import set_app
+def _app(config: Config | None = None) -> Taskyard:
+    """The app of this command (the process's default from now on)."""
+    app = Taskyard(config or load_config(), set_as_current=True)
+    set_default_app(app)
+    return app
 
-    config_mod.set_config(None)
-    set_app(None)
+
+def _tls(config: Config) -> dict[str, Any]:
+    return config.tls.redis_kwargs() if config.redis_url.startswith("rediss://") else {}
 
 
 def parse_arguments(pairs: Sequence[str]) -> dict[str, Any]:
@@ -87,16 +99,20 @@ def run_worker(
     extra: Sequence[str] = (),
 ) -> None:
     """Run a Celery worker in this process consuming the services' shared and host queues."""
-    from workers.app import get_app
-
-    config = config_mod.get_config()
+    app = _app()
+    config = app.config
     names = list(services) or list(config.services)
+    if not names:
+        raise ConfigError(
+            "no services are configured: declare one in the project's settings.toml "
+            "([default.services.<name>] with manager and driver), or run `taskyard init`"
+        )
     for name in names:
         config.service(name)
     queues = [q for name in names for q in (name, host_queue(name, config.host))]
     argv = [
         "worker", "--queues", ",".join(queues),
-        "--hostname", f"{NODENAME_PREFIX}@{config.host}",
+        "--hostname", nodename(config.host),
         "--pool", pool, "--loglevel", loglevel,
         "--without-mingle", "--without-gossip",
     ]
@@ -104,9 +120,7 @@ def run_worker(
         argv += ["--concurrency", str(concurrency)]
     argv += list(extra)
     # app.worker_main() drops the worker's exit code; run Celery's command ourselves.
-    from celery.bin.celery import celery as celery_command
-
-    celery_command.params[0].default = get_app()
+    celery_command.params[0].default = app
     try:
         code = celery_command.main(args=argv, prog_name="taskyard", standalone_mode=False)
     finally:
@@ -144,29 +158,24 @@ def worker(services: tuple[str, ...], host: str | None, concurrency: int, pool: 
 def up(host: str | None, concurrency: int, pool: str, loglevel: str, with_flower: bool) -> None:
     """Run a node with every configured service, starting a private Redis if none answers."""
     _use_host(host)
-    config = config_mod.get_config()
+    config = load_config()
     server = None
     flower = None
-    if config.embedded_url:
-        click.echo(f"taskyard: using the private redis-server at {config.embedded_url}", err=True)
-    elif not embedded.answers(config.redis_url):
+    if not embedded.answers(config.redis_url, **_tls(config)):
         if not (config.embedded_redis and embedded.is_local(config.redis_url)):
             raise ConfigError(
-                f"nothing answers at redis_url {config_mod.mask_url(config.redis_url)}; start "
+                f"nothing answers at redis_url {mask_url(config.redis_url)}; start "
                 "Redis there or point redis_url (TASKYARD_REDIS_URL) at one"
             )
-        server = embedded.start_for_state_dir(config.state_dir, config.redis_url)
+        server = embedded.start_in_place_of(config.redis_url, config.state_dir)
         click.echo(
             f"taskyard: nothing answers at {config.redis_url}; started a private redis-server "
-            f"at {server.url} (data in {server.data_dir}); commands run here will use it",
+            f"there (data in {server.data_dir}); it stops with this node",
             err=True,
         )
-        _reload()
     try:
         if with_flower:
-            from workers.flower import start_flower_process, url
-
-            flower = start_flower_process(config_mod.get_config())
+            flower = start_flower_process(config)
             click.echo(f"taskyard: Flower at {url(config)}", err=True)
         run_worker((), pool=pool, concurrency=concurrency, loglevel=loglevel)
     finally:
@@ -175,7 +184,6 @@ def up(host: str | None, concurrency: int, pool: str, loglevel: str, with_flower
             flower.wait(10)
         if server is not None:
             server.stop()
-            embedded.forget(config.state_dir)
 
 
 # -- requests ----------------------------------------------------------------
@@ -196,10 +204,7 @@ def _request_options(fn: F) -> F:
 def call(service: str, method: str, arguments: tuple[str, ...], host: str | None,
          timeout: float | None) -> None:
     """Call METHOD of SERVICE with key=value ARGUMENTS and print the result as JSON."""
-    from workers.progress import wait_with_progress
-    from workers.rpc import Client
-
-    client = Client(service).prepare(host=host, timeout=timeout)
+    client = Client(service, app=_app()).prepare(host=host, timeout=timeout)
     handle = client.cast(method, **parse_arguments(arguments))
     _print_json(wait_with_progress(handle, client.timeout, sys.stderr))
 
@@ -209,10 +214,8 @@ def call(service: str, method: str, arguments: tuple[str, ...], host: str | None
 @reports_errors
 def cast(service: str, method: str, arguments: tuple[str, ...], host: str | None) -> None:
     """Send METHOD of SERVICE without waiting; print the task id."""
-    from workers.rpc import Client
-
-    handle = Client(service).prepare(host=host).cast(method, **parse_arguments(arguments))
-    _print_json({"task_id": handle.id, "service": service, "method": method, "host": host})
+    handle = Client(service, app=_app(), host=host).cast(method, **parse_arguments(arguments))
+    click.echo(handle.id)
 
 
 # -- watching -------------------------------------------------------------------
@@ -224,17 +227,12 @@ def cast(service: str, method: str, arguments: tuple[str, ...], host: str | None
 @reports_errors
 def run_flower_command(address: str | None, port: int | None) -> None:
     """Run Flower for this fleet (http://127.0.0.1:5555/ by default)."""
-    from dataclasses import replace
-
-    from workers.app import get_app
-    from workers.flower import run_flower
-
-    config = config_mod.get_config()
+    config = load_config()
     if address is not None or port is not None:
         flower = replace(config.flower, address=config.flower.address if address is None
                          else address, port=config.flower.port if port is None else port)
         config = config.with_overrides(flower=flower)
-    code = run_flower(get_app(), config)
+    code = run_flower(_app(config), config)
     if code:
         sys.exit(code)
 
@@ -246,10 +244,7 @@ def run_flower_command(address: str | None, port: int | None) -> None:
 @reports_errors
 def status(as_json: bool, timeout: float) -> None:
     """The fleet on one screen: nodes, queue lengths, requests running and their progress."""
-    from workers.app import get_app
-    from workers.status import gather, render
-
-    data = gather(config_mod.get_config(), get_app(), timeout)
+    data = gather(_app(), timeout)
     if as_json:
         _print_json(data)
     else:
@@ -262,8 +257,8 @@ def status(as_json: bool, timeout: float) -> None:
 @main.command("config")
 @reports_errors
 def show_config() -> None:
-    """Print the effective settings (secrets masked)."""
-    _print_json(config_mod.effective(config_mod.get_config()))
+    """Print the effective settings (secrets masked), with the files they came from."""
+    _print_json(effective(load_config()))
 
 
 @main.group(invoke_without_command=True)
@@ -274,9 +269,7 @@ def services(ctx: click.Context, as_json: bool) -> None:
     """The services table: every service on every host, up, down or disabled."""
     if ctx.invoked_subcommand is not None:
         return
-    from workers.registry import Registry
-
-    records = Registry.from_config(config_mod.get_config()).list()
+    records = _app().registry.list()
     if as_json:
         _print_json([r.as_dict() for r in records])
         return
@@ -311,11 +304,9 @@ def summarize(capabilities: dict[str, Any], width: int = 100) -> str:
 @reports_errors
 def disable(service: str, host: str, reason: str) -> None:
     """Keep new work away from SERVICE on HOST."""
-    from workers.registry import Registry
-
-    config = config_mod.get_config()
-    config.service(service)
-    Registry.from_config(config).disable(service, host, reason)
+    app = _app()
+    app.config.service(service)
+    app.registry.disable(service, host, reason)
     click.echo(f"{service} on {host} disabled: {reason}")
 
 
@@ -325,11 +316,9 @@ def disable(service: str, host: str, reason: str) -> None:
 @reports_errors
 def enable(service: str, host: str) -> None:
     """Let SERVICE on HOST take work again."""
-    from workers.registry import Registry
-
-    config = config_mod.get_config()
-    config.service(service)
-    was = Registry.from_config(config).enable(service, host)
+    app = _app()
+    app.config.service(service)
+    was = app.registry.enable(service, host)
     click.echo(f"{service} on {host} enabled" + ("" if was else " (it was not disabled)"))
 
 
@@ -342,14 +331,10 @@ def enable(service: str, host: str) -> None:
 def deadletters(service: str | None, requeue_id: str | None, to_host: str | None,
                 as_json: bool) -> None:
     """Messages nodes refused, with the reason (of SERVICE, or of every service)."""
-    from workers.app import get_app
-    from workers.connections import client_for
-    from workers.deadletters import DeadLetters
-
-    config = config_mod.get_config()
-    letters = DeadLetters(client_for(config, config.records_url))
+    app = _app()
+    letters = DeadLetters(app.records)
     if requeue_id:
-        entry, queue = requeue(get_app(), letters, requeue_id, to_host)
+        entry, queue = requeue(app, letters, requeue_id, to_host)
         click.echo(f"requeued {requeue_id}: {entry['task']}[{entry['task_id']}] to {queue}")
         return
     entries = letters.list(service)
@@ -359,8 +344,6 @@ def deadletters(service: str | None, requeue_id: str | None, to_host: str | None
     if not entries:
         click.echo("no dead letters" + (f" for {service}" if service else ""))
         return
-    import datetime
-
     for e in entries:
         at = datetime.datetime.fromtimestamp(e["at"]).strftime("%Y-%m-%d %H:%M:%S")
         what = e["task"] or "(undecodable)"
@@ -375,8 +358,6 @@ def requeue(app: Any, letters: Any, letter_id: str,
 
     It goes to its own queue, or to ``to_host``'s; it leaves the list.
     """
-    from workers.exceptions import InvalidRequest
-
     service, entry, raw = letters.find(letter_id)
     if not entry["requeueable"]:
         raise InvalidRequest(
@@ -388,7 +369,3 @@ def requeue(app: Any, letters: Any, letter_id: str,
                   task_id=entry["task_id"], queue=queue, headers=entry["headers"] or {})
     letters.remove(service, raw)
     return entry, queue
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,1 @@
+"""What callers and nodes share: settings, the app, names, the registry, dead letters, specs."""

@@ -1,0 +1,203 @@
+"""The app: one Celery app per fleet, carrying its configuration and service specs.
+
+:class:`Taskyard` is a Celery app built from a :class:`~workers.core.config.Config`
+with taskyard's reliable defaults. Everything that works for a fleet takes
+its app (``Client(service, app=...)``) or its config; two apps with two
+configurations live side by side in one process. :func:`default_app` is the
+process's convenience default, built from the process's settings on first
+use: it is what ``workers.app`` (``celery -A workers``) and ``Client(service)``
+without an app use.
+
+The worker side is named here, never imported: the node bootstep, the
+consumer, the transport and the result backends are given to Celery as
+``module:attribute`` strings, which Celery loads only where they run. A
+caller that builds an app and sends requests loads none of the node runtime.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery import Celery
+from kombu import Queue
+
+from workers.core.config import Config, load_config
+from workers.core.connections import RedisClients
+from workers.core.keys import host_queue
+from workers.core.registry import Registry
+from workers.core.specs import ServiceSpec, build_specs
+
+#: The worker bootstep that makes a Celery worker a taskyard node (workers.node).
+NODE_STEP = "workers.node.node:NodeStep"
+#: The consumer that dead-letters what it cannot run (workers.extensions).
+CONSUMER = "workers.extensions.consumer:Consumer"
+#: kombu's Redis transport, guarded against poison entries.
+TRANSPORT = "workers.extensions.transport:Transport"
+#: Celery's AMQP helper, checking size and signing every task message it sends.
+AMQP = "workers.extensions.signing:GuardedAMQP"
+#: Result backends that rebuild only declared exceptions, by URL scheme.
+BACKENDS = {
+    "redis": "workers.extensions.backend:RedisBackend",
+    "rediss": "workers.extensions.backend:RedisBackend",
+    "sentinel": "workers.extensions.backend:SentinelBackend",
+    "cache": "workers.extensions.backend:CacheBackend",
+}
+
+#: Seconds a broker or result socket operation may take before it fails.
+SOCKET_TIMEOUT_S = 30
+#: Seconds to establish a connection to Redis.
+SOCKET_CONNECT_TIMEOUT_S = 5
+#: Seconds of idleness before a pooled Redis connection is checked.
+HEALTH_CHECK_INTERVAL_S = 25
+#: How the result backend retries a lost connection: 5 tries, at most 1 s apart.
+RESULT_RETRY_POLICY = {"max_retries": 5, "interval_start": 0, "interval_step": 0.5,
+                       "interval_max": 1}
+
+
+def transport_options(config: Config) -> dict[str, Any]:
+    """kombu's Redis transport options for the broker (``broker_transport_options`` last)."""
+    options: dict[str, Any] = {
+        "visibility_timeout": config.visibility_timeout,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+    }
+    options.update(config.broker_transport_options)
+    return options
+
+
+def celery_settings(config: Config) -> dict[str, Any]:
+    """The Celery settings taskyard runs with (``celery`` in the settings adds to them)."""
+    transport = transport_options(config)
+    queues = []
+    for service in config.services:
+        queues.append(Queue(service, routing_key=service))
+        queues.append(Queue(host_queue(service, config.host),
+                            routing_key=host_queue(service, config.host)))
+    settings: dict[str, Any] = {
+        "broker_url": config.broker_url,
+        "result_backend": config.result_backend,
+        # Start-up: each attempt to reach the broker is bounded; a node retries (with a
+        # log line each time) until Redis answers, instead of exiting.
+        "broker_connection_timeout": config.broker_connection_timeout,
+        "broker_connection_max_retries": None,
+        "worker_consumer": CONSUMER,
+        # JSON only, both ways: a pickle message is refused, never run.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # No lost work: ack after the task ran, take the message back when a
+        # worker process dies, hold one unacked message per process.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Requests running when the broker goes away are stopped by our consumer
+        # without being acknowledged (Celery's own cancellation would lose them).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_deduplicate_successful_tasks": True,
+        "broker_connection_retry_on_startup": True,
+        # The guard settings ride along for the transport's channels (workers.extensions).
+        "broker_transport_options": {
+            **transport,
+            "taskyard_max_message_bytes": config.max_message_bytes,
+            "taskyard_services": sorted(config.services),
+            "taskyard_host": config.host,
+        },
+        # Give up on an unreachable result backend after a few seconds, not twenty.
+        "result_backend_transport_options": {**transport, "retry_policy": RESULT_RETRY_POLICY},
+        "visibility_timeout": config.visibility_timeout,
+        "result_expires": config.result_expires,
+        # What Flower needs to show the fleet.
+        "worker_send_task_events": config.task_events,
+        "task_send_sent_event": config.task_sent_events,
+        "task_track_started": config.task_track_started,
+        "task_queues": queues,
+        "task_default_queue": next(iter(config.services), "taskyard"),
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": True,
+        "worker_redirect_stdouts": False,
+    }
+    if urlsplit(config.broker_url).scheme in ("redis", "rediss"):
+        settings["broker_transport"] = TRANSPORT
+    if config.broker_url.startswith("rediss://"):
+        settings["broker_use_ssl"] = config.tls.redis_kwargs()
+    if config.result_backend.startswith("rediss://"):
+        settings["redis_backend_use_ssl"] = config.tls.redis_kwargs()
+    settings.update(config.celery)
+    return settings
+
+
+class Taskyard(Celery):
+    """A Celery app for one fleet: its configuration, its service specs, its Redis clients.
+
+    ``redis_clients`` maps URLs to clients to use instead of connecting
+    (fakeredis in unit tests).
+    """
+
+    def __init__(self, config: Config, *, redis_clients: dict[str, Any] | None = None,
+                 set_as_current: bool = False, **kwargs: Any) -> None:
+        super().__init__("taskyard", set_as_current=set_as_current, amqp=AMQP, **kwargs)
+        self.config = config
+        self.redis = RedisClients(config, redis_clients)
+        self.conf.update(celery_settings(config))
+        self.loader.override_backends = dict(BACKENDS)
+        self.steps["worker"].add(NODE_STEP)
+
+    @cached_property
+    def specs(self) -> dict[str, ServiceSpec]:
+        """Every configured service's spec (manager class, endpoints, periodic tasks)."""
+        return build_specs(self.config)
+
+    def spec(self, service: str) -> ServiceSpec:
+        """One service's spec; ``UnknownService`` when it is not configured."""
+        self.config.service(service)
+        return self.specs[service]
+
+    @property
+    def records(self) -> Any:
+        """This process's client of the records (and registry) Redis."""
+        return self.redis(self.config.records_url)
+
+    @property
+    def registry(self) -> Registry:
+        """The fleet's service registry."""
+        return Registry(self.records, service_down_time=self.config.service_down_time)
+
+    @cached_property
+    def sent_events(self) -> Any:
+        """What publishes task-sent events through a given producer."""
+        return self.events.Dispatcher(enabled=False)
+
+    def close(self) -> None:
+        super().close()
+        self.redis.close()
+
+    def __repr__(self) -> str:
+        return f"<Taskyard {self.config.host} broker={self.config.broker_url.split('@')[-1]}>"
+
+
+_default: Taskyard | None = None
+_lock = threading.Lock()
+
+
+def default_app() -> Taskyard:
+    """The process's app, made from the process's settings on first use."""
+    global _default
+    if _default is None:
+        with _lock:
+            if _default is None:
+                _default = Taskyard(load_config(), set_as_current=True)
+    return _default
+
+
+def set_default_app(app: Taskyard | None) -> None:
+    """Replace (or with None, forget) the process's default app."""
+    global _default
+    _default = app

@@ -1,0 +1,63 @@
+"""Names taskyard gives things in Redis and Celery, and the fixed numbers, in one place.
+
+Every number carries its unit in its name. The defaults a user can change
+live in ``defaults.toml``; what is here is fixed.
+"""
+
+from __future__ import annotations
+
+#: The version of taskyard (what heartbeats report).
+VERSION = "0.1.0"
+
+#: Prefix of every Redis key taskyard itself writes (Celery's own keys keep theirs;
+#: records live under ``taskyard:records``, see :mod:`managers.records`).
+KEY_PREFIX = "taskyard"
+
+#: Name of the per-node Celery worker (what Flower shows): ``taskyard@<host>``.
+NODENAME_PREFIX = "taskyard"
+
+#: How often a request may be forwarded to the host that owns its resource.
+MAX_FORWARD_HOPS = 3
+
+#: The task state that carries ``{done, total, message}`` while an endpoint runs.
+PROGRESS = "PROGRESS"
+
+
+def host_queue(service: str, host: str) -> str:
+    """Name of the queue only ``host`` consumes for ``service``."""
+    return f"{service}.{host}"
+
+
+def task_name(service: str, method: str) -> str:
+    """Name of the Celery task of an endpoint: ``<service>.<method>``."""
+    return f"{service}.{method}"
+
+
+def periodic_task_name(service: str, name: str) -> str:
+    """Name of the Celery task of a periodic task: ``<service>.periodic.<name>``."""
+    return f"{service}.periodic.{name}"
+
+
+def nodename(host: str) -> str:
+    """The Celery node name of ``host``'s worker."""
+    return f"{NODENAME_PREFIX}@{host}"
+
+
+def key(*parts: str) -> str:
+    """A Redis key under taskyard's prefix."""
+    return ":".join((KEY_PREFIX, *parts))
+
+
+def registry_key(*parts: str) -> str:
+    """Key under which the service registry keeps its entries."""
+    return key("registry", *parts)
+
+
+def deadletters_key(service: str) -> str:
+    """The dead-letter list of ``service``."""
+    return key("deadletters", service)
+
+
+def periodic_pending_key(service: str, host: str, name: str) -> str:
+    """Holds the task id of the run of ``name`` that ``host`` has sent and not finished."""
+    return key("periodic", service, host, name)

@@ -1,0 +1,91 @@
+"""What the service layer knows of each configured service: its endpoints and periodic tasks.
+
+A :class:`ServiceSpec` is built from a service's settings: the manager
+class, one :class:`~workers.core.binding.Binder` per endpoint, the periodic
+tasks with their spacing. An app builds the specs of its configuration once
+(:attr:`workers.core.application.Taskyard.specs`); nodes register one Celery
+task per endpoint from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from drivers.loading import load_manager_class
+from managers.base import Manager, PeriodicSpec
+from workers.core.binding import Binder
+from workers.core.config import Config, ServiceConfig
+from workers.core.keys import task_name
+from workers.exceptions import ConfigError, UnknownEndpoint
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One configured service as the service layer sees it."""
+
+    name: str
+    config: ServiceConfig
+    manager_cls: type[Manager]
+    binders: Mapping[str, Binder]
+    periodic: Mapping[str, PeriodicSpec] = field(default_factory=dict)
+
+    def task_name(self, method: str) -> str:
+        return task_name(self.name, method)
+
+    def binder(self, method: str) -> Binder:
+        """The endpoint's binder; :class:`UnknownEndpoint` listing the endpoints otherwise."""
+        binder = self.binders.get(method)
+        if binder is None:
+            raise UnknownEndpoint(
+                f"{self.name} has no endpoint {method!r}; endpoints: "
+                f"{', '.join(sorted(self.binders))}",
+                {"service": self.name, "method": str(method)[:100]},
+            )
+        return binder
+
+
+def build_spec(service: ServiceConfig) -> ServiceSpec:
+    """Load the manager class of ``service`` and prepare its endpoints."""
+    cls = load_manager_class(service.name, service.manager, Manager)
+    binders: dict[str, Binder] = {}
+    for name, fn in cls.endpoints().items():
+        try:
+            binders[name] = Binder(fn, task_name(service.name, name))
+        except TypeError as exc:
+            raise ConfigError(
+                f"settings key 'services.{service.name}.manager' = {service.manager!r}: "
+                f"endpoint {name} cannot be served: {exc}"
+            ) from exc
+    periodic = dict(cls.periodic_tasks())
+    for name, spacing in service.periodic.items():
+        if name not in periodic:
+            known = ", ".join(sorted(periodic)) or "none"
+            raise ConfigError(
+                f"settings key 'services.{service.name}.periodic.{name}': {cls.__qualname__} has "
+                f"no periodic task {name!r} (it has: {known})"
+            )
+        periodic[name] = replace(periodic[name], spacing=spacing)
+    return ServiceSpec(service.name, service, cls, binders, periodic)
+
+
+def build_specs(config: Config) -> dict[str, ServiceSpec]:
+    """Every configured service's spec."""
+    return {name: build_spec(service) for name, service in config.services.items()}
+
+
+def expand_options(options: Mapping[str, Any], config: Config) -> dict[str, Any]:
+    """Replace ``{host}`` and ``{state_dir}`` in string options with this node's values."""
+    state_dir = str(config.state_dir)
+
+    def expand(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{host}", config.host).replace("{state_dir}", state_dir)
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        if isinstance(value, dict):
+            return {k: expand(v) for k, v in value.items()}
+        return value
+
+    return {key: expand(value) for key, value in options.items()}

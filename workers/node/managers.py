@@ -1,0 +1,121 @@
+"""The managers of one node process: built from the specs, one per service per process.
+
+A node's main process builds each manager before it consumes (and runs its
+``init_host``); every other process of the node (a prefork child) builds
+its own on first use, since objects made before a fork must not be shared.
+A manager gets its driver (loaded by name and checked against its
+interface), its settings, a Redis client for its records, and a
+:class:`NodeFleet` to reach the rest of the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from drivers.executor import Executor
+from drivers.loading import load_driver
+from managers.base import Manager
+from workers.client.rpc import Client
+from workers.core.application import Taskyard
+from workers.core.config import Config
+from workers.core.specs import ServiceSpec
+
+log = logging.getLogger("taskyard.node")
+
+
+def expand_options(options: Mapping[str, Any], config: Config) -> dict[str, Any]:
+    """Replace ``{host}`` and ``{state_dir}`` in string options with this node's values."""
+    state_dir = str(config.state_dir)
+
+    def expand(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{host}", config.host).replace("{state_dir}", state_dir)
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        if isinstance(value, dict):
+            return {k: expand(v) for k, v in value.items()}
+        return value
+
+    return {key: expand(value) for key, value in options.items()}
+
+
+class NodeFleet:
+    """The :class:`managers.base.Fleet` a node gives its managers: registry and client."""
+
+    def __init__(self, app: Taskyard) -> None:
+        self.app = app
+
+    def hosts(self, service: str) -> list[dict[str, Any]]:
+        self.app.config.service(service)
+        return [record.as_dict() for record in self.app.registry.list(service)]
+
+    def cast(self, service: str, method: str, /, host: str | None = None,
+             **kwargs: Any) -> str:
+        return Client(service, app=self.app, host=host).cast(method, **kwargs).id
+
+
+def build_manager(app: Taskyard, spec: ServiceSpec, redis: Any = None) -> Manager:
+    """A new manager for ``spec`` with its driver loaded and checked (no setup run yet)."""
+    config = app.config
+    driver = load_driver(
+        spec.name,
+        spec.config.driver,
+        spec.manager_cls.driver_interface,
+        expand_options(spec.config.driver_options, config),
+        inject={"executor": Executor(config.root_helper)},
+    )
+    return spec.manager_cls(
+        service=spec.name,
+        host=config.host,
+        driver=driver,
+        settings=spec.config,
+        redis=redis if redis is not None else app.records,
+        fleet=NodeFleet(app),
+    )
+
+
+class ProcessManagers:
+    """The managers of the services one node serves, one per service per process."""
+
+    def __init__(self, app: Taskyard, served: frozenset[str]) -> None:
+        self.app = app
+        #: The services whose queues this node consumes.
+        self.served = served
+        self._managers: dict[str, Manager] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def _forget_parents(self) -> None:
+        """In a forked child, drop the managers inherited from the parent (with the lock)."""
+        if self._pid != os.getpid():
+            self._managers = {}
+            self._pid = os.getpid()
+
+    def get(self, service: str) -> Manager:
+        """This process's manager of ``service``, built (its driver set up) on first use."""
+        manager = self._managers.get(service)
+        if manager is not None and self._pid == os.getpid():
+            return manager
+        with self._lock:
+            self._forget_parents()
+            manager = self._managers.get(service)
+            if manager is None:
+                manager = build_manager(self.app, self.app.spec(service))
+                manager.init_process()
+                self._managers[service] = manager
+                log.debug("built %s manager in process %d", service, os.getpid())
+        return manager
+
+    def set(self, service: str, manager: Manager) -> None:
+        """Use ``manager`` for ``service`` in this process (the node's main process; tests)."""
+        with self._lock:
+            self._forget_parents()
+            self._managers[service] = manager
+
+    def built(self) -> dict[str, Manager]:
+        """The managers this process has built so far."""
+        return dict(self._managers) if self._pid == os.getpid() else {}
