@@ -103,7 +103,7 @@ def child_environment(redis_url: str, state_dir: Path, **extra: str) -> dict[str
         "TASKYARD_ENV": "testing",
         "TASKYARD_REDIS_URL": redis_url,
         "TASKYARD_STATE_DIR": str(state_dir),
-        "TASKYARD_SETTINGS": str(SETTINGS_FILE),
+        "TASKYARD_SETTINGS": f"{PROJECT_ROOT / 'settings.toml'},{SETTINGS_FILE}",
         "TASKYARD_RPC_TIMEOUT": "120",
         "PYTHONPATH": os.pathsep.join(path),
         "PYTHONUNBUFFERED": "1",

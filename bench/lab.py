@@ -21,7 +21,6 @@ from typing import Any
 
 import redis
 from celery import Celery
-from workers.app import create_app, set_app
 
 from bench.harness import (
     START_TIMEOUT_S,
@@ -33,9 +32,9 @@ from bench.harness import (
 )
 from bench.noop import SERVICE, tally_key
 from bench.plain import NOOP_SERVICE, VOLUME_SERVICE, create_plain_app
-from workers import config as config_mod
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
+from workers.core.application import Taskyard, set_default_app
 from workers.core.config import Config, load_config
 from workers.core.keys import host_queue
 from workers.core.registry import Registry
@@ -85,9 +84,8 @@ class Lab:
             self.env = child_environment(self.server.url, self.dir / "state")
             self.config = _load_config(self.env)
             # The suite's own process uses the same settings as its children.
-            config_mod.set_config(self.config)
-            self.app: Celery = create_app(self.config, set_as_current=False)
-            set_app(self.app)
+            self.app = Taskyard(self.config)
+            set_default_app(self.app)
             self.plain: Celery = create_plain_app(self.config)
             self.redis = redis.Redis.from_url(self.config.records_url)
             self.registry = Registry(self.redis, service_down_time=self.config.service_down_time)
@@ -205,8 +203,7 @@ class Lab:
             for app in (self.app, self.plain):
                 with contextlib.suppress(Exception):
                     app.close()
-            set_app(None)
-            config_mod.set_config(None)
+            set_default_app(None)
             self.server.stop()
             if self._own_dir:
                 shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The plain Celery app the suite measures taskyard against.
 
-Its settings are taskyard's own (:func:`workers.app.celery_settings`: broker
+Its settings are taskyard's own (:func:`workers.core.application.celery_settings`: broker
 and result backend, JSON only, late ack, reject on worker lost, prefetch 1,
 visibility timeout, transport options, task events, sent events, STARTED
 tracking) minus taskyard's own classes: no dead-lettering consumer, no
@@ -15,29 +15,38 @@ A worker is started as ``celery -A bench.plain worker -Q ...``; the module's
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any
+from typing import Any, ClassVar
 
-from celery import Celery, signals
-from workers.app import celery_settings
-from workers.connections import redis_client
+import redis
+from celery import Celery
 
 from bench.noop import tally_key
-from workers.core.config import Config, get_config
+from workers.core.application import celery_settings
+from workers.core.config import Config, load_config
 
 #: Settings that make a worker a taskyard node; the plain app goes without them.
 TASKYARD_ONLY = ("worker_consumer", "broker_transport", "task_queues", "task_default_queue")
 #: The plain app's services, named like taskyard's: tasks ``<service>.<name>``.
 NOOP_SERVICE = "pbench"
 VOLUME_SERVICE = "pvolume"
-#: taskyard's receivers of Celery signals (logging format and node life); a plain worker
-#: runs without them, as it would without taskyard installed.
-TASKYARD_RECEIVERS = (
-    (signals.after_setup_logger, "taskyard.logs.setup"),
-    (signals.after_setup_task_logger, "taskyard.logs.setup_task"),
-    (signals.worker_shutting_down, "taskyard.shutting_down"),
-    (signals.worker_shutdown, "taskyard.shutdown"),
-)
+
+
+class _Clients:
+    """One Redis client per URL per process (made after a fork, never shared across one)."""
+
+    made: ClassVar[dict[tuple[int, str], redis.Redis]] = {}
+
+    @classmethod
+    def get(cls, url: str) -> redis.Redis:
+        key = (os.getpid(), url)
+        if key not in cls.made:
+            cls.made[key] = redis.Redis.from_url(url)
+        return cls.made[key]
+
+
+redis_client = _Clients.get
 
 
 def plain_settings(config: Config) -> dict[str, Any]:
@@ -45,6 +54,9 @@ def plain_settings(config: Config) -> dict[str, Any]:
     settings = celery_settings(config)
     for key in TASKYARD_ONLY:
         settings.pop(key, None)
+    settings["broker_transport_options"] = {
+        k: v for k, v in settings["broker_transport_options"].items()
+        if not k.startswith("taskyard_")}
     settings["task_default_queue"] = NOOP_SERVICE
     return settings
 
@@ -125,12 +137,6 @@ def _index_key() -> str:
     return "bench:plain:volume:index"
 
 
-def quiet_taskyard_receivers() -> None:
-    """Disconnect taskyard's signal receivers (imported with ``celery_settings``)."""
-    for signal, uid in TASKYARD_RECEIVERS:
-        signal.disconnect(dispatch_uid=uid)
-
-
 _app: Celery | None = None
 
 
@@ -140,6 +146,5 @@ def __getattr__(name: str) -> Any:
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if _app is None:
-        quiet_taskyard_receivers()
-        _app = create_plain_app(get_config())
+        _app = create_plain_app(load_config())
     return _app

@@ -39,6 +39,7 @@ from bench.lab import Lab
 from bench.noop import SERVICE
 from bench.plain import NOOP_SERVICE
 from workers.core.keys import host_queue
+from workers.node.managers import build_manager
 
 #: Directories of taskyard's own code.
 OWN_CODE = ("workers/", "managers/", "drivers/")
@@ -177,9 +178,7 @@ def profile_volume(lab: Lab, messages: int, top: int) -> str:
     What the volume figure's endpoint costs without any messaging: records,
     state transitions (Lua scripts) and the driver.
     """
-    from workers.services import build_manager, service_specs
-
-    manager: Any = build_manager(service_specs(lab.config)["volume"], lab.config)
+    manager: Any = build_manager(lab.app, lab.app.spec("volume"))
     manager.init_process()
     pairs = max(1, messages // 4)
     profiler = cProfile.Profile()

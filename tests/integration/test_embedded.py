@@ -4,46 +4,59 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from tests.integration.conftest import node_environment, run_cli, wait_for
 from workers.cli.embedded import RedisServer, find_redis_server, free_port
 
 
-def test_up_starts_a_private_redis_that_other_commands_find(tmp_path: Path) -> None:
-    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens here
+def test_up_starts_a_private_redis_where_the_settings_point_so_other_commands_find_it(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"  # nothing listens here
     state = tmp_path / "state"
     env = node_environment(url, state, TASKYARD_HOST="first-run")
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         up = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "up", "--pool", "solo"], env=env,
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
         )
+    private = RedisServer(state / "redis", port=port, binary="unused")
     try:
         wait_for(lambda: "started a private redis-server" in log.read_text(), 30,
                  "the line saying a private redis-server was started")
-        recorded = json.loads((state / "redis.json").read_text())
-        assert recorded["for_url"] == url and recorded["url"] != url
+        assert private.ping()
+        assert any((state / "redis").iterdir())  # its data (log, append-only file) there
 
         def answered() -> bool:
             done = run_cli(env, "call", "volume", "ping", "--timeout", "2")
             return done.returncode == 0 and json.loads(done.stdout)["host"] == "first-run"
 
         wait_for(answered, 60, "a call from another process to reach the node", interval=0.5)
-        config = run_cli(env, "config")
-        assert json.loads(config.stdout)["redis_url"] == recorded["url"]
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(30)
     assert code == 0, log.read_text()[-2000:]
-    assert not (state / "redis.json").exists()
-    assert not RedisServer(state / "redis", port=int(recorded["url"].split(":")[2][:-2]),
-                           binary="unused").ping()
+    assert not private.ping()  # it stopped with the node
+
+
+def test_up_says_what_to_do_when_the_port_is_taken_by_something_else(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        url = f"redis://127.0.0.1:{squatter.getsockname()[1]}/0"
+        done = run_cli(node_environment(url, tmp_path / "state"), "up", timeout=60)
+    assert done.returncode == 2
+    assert "could not start a private redis-server" in done.stderr
+    assert "point redis_url" in done.stderr
 
 
 def test_up_refuses_to_start_redis_when_embedding_is_off(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ each with its own directory of image files.
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from celery import Celery
 
 from tests.integration.conftest import Node, run_cli, wait_for
 from workers.client.rpc import Client, Handle
+from workers.core.application import Taskyard
 from workers.core.registry import Registry
 from workers.exceptions import (
     Conflict,
@@ -164,14 +166,17 @@ def test_fanout_reaches_every_live_node(volume: Client) -> None:
         "node-a": "node-a", "node-b": "node-b"}
 
 
-def test_the_cli_calls_and_casts(cluster_env: dict[str, str], nodes: dict[str, Node]) -> None:
+def test_the_cli_calls_and_casts(cluster_env: dict[str, str], nodes: dict[str, Node],
+                                 client_app: Taskyard) -> None:
     created = run_cli(cluster_env, "call", "volume", "create_volume", "size_gb=1", "name=cli")
     assert created.returncode == 0, created.stderr
     vol = json.loads(created.stdout)
     assert vol["name"] == "cli" and vol["status"] == "available"
     cast = run_cli(cluster_env, "cast", "volume", "delete_volume", f"volume_id={vol['id']}")
     assert cast.returncode == 0, cast.stderr
-    assert json.loads(cast.stdout)["task_id"]
+    task_id = cast.stdout.strip()  # the task id alone, for scripts
+    assert re.fullmatch(r"[0-9a-f-]{36}", task_id), cast.stdout
+    assert Client("volume", app=client_app).handle(task_id).wait()["status"] == "deleted"
     missing = run_cli(cluster_env, "call", "volume", "get_volume", "volume_id=nope")
     assert missing.returncode == 1
     assert "NotFound: no volume with id 'nope'" in missing.stderr

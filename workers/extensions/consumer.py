@@ -13,10 +13,11 @@ import logging
 import warnings
 from typing import Any
 
-from celery.exceptions import CPendingDeprecationWarning, NotRegistered
+from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import active_requests
 
+from workers.exceptions import UnknownEndpoint
 from workers.extensions.refusal import header, refuse_message
 
 log = logging.getLogger("taskyard.consumer")
@@ -56,11 +57,17 @@ class Consumer(CeleryConsumer):
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         task = header(message, "task")
-        log.warning("refused %s[%s]: this node has no such task", task, header(message, "id"))
-        refuse_message(self.app, message, f"unknown task {task!r}: no such endpoint here",
-                       store_failure=False)
-        # Celery's own answer (NotRegistered) reaches the caller as UnknownEndpoint.
-        self.app.backend.mark_as_failure(header(message, "id"), NotRegistered(str(task)))
+        config = self.app.config
+        service = str(task).split(".", 1)[0]
+        served = any(name.startswith(f"{service}.") for name in self.app.tasks)
+        if service in config.services and not served:
+            # A configured service whose queue this node does not consume.
+            reason = (f"{task}: node {config.host} does not run the {service} service; the "
+                      "message was put in a queue of a service it does not serve")
+        else:
+            reason = f"unknown task {task!r}: no endpoint of that name on node {config.host}"
+        log.warning("refused %s[%s]: %s", task, header(message, "id"), reason)
+        refuse_message(self.app, message, reason, error=UnknownEndpoint)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         refuse_message(self.app, message, f"invalid task message: {exc}", requeueable=False)

@@ -22,8 +22,8 @@ def header(message: Any, name: str) -> Any:
 
 
 def refuse_message(app: Any, message: Any, reason: str, requeueable: bool = True,
-                   store_failure: bool = True) -> None:
-    """Dead-letter ``message``, tell its caller why, and take it off the queue."""
+                   error: type[InvalidRequest] = InvalidRequest) -> None:
+    """Dead-letter ``message``, tell its caller why (as ``error``), take it off the queue."""
     config = app.config
     host = config.host
     task, task_id = header(message, "task"), header(message, "id")
@@ -40,9 +40,9 @@ def refuse_message(app: Any, message: Any, reason: str, requeueable: bool = True
         headers=message.headers if isinstance(message.headers, dict) else None, raw=raw,
         requeueable=requeueable,
     )
-    if store_failure and task_id:
+    if task_id:
         try:
-            app.backend.mark_as_failure(task_id, InvalidRequest(
+            app.backend.mark_as_failure(task_id, error(
                 f"{task or 'the message'} was refused by node {host}: {reason}",
                 {"host": host}))
         except Exception:

@@ -28,7 +28,6 @@ from workers.exceptions import (
     InvalidRequest,
     RemoteError,
     TaskyardError,
-    UnknownEndpoint,
     UnsupportedVersion,
     lookup_wire_error,
 )
@@ -86,13 +85,12 @@ class EndpointTask(Task):
         started = time.perf_counter()
         context = context_from_request(self.request)
         context_token = current_context.set(context)
-        host = None
+        host = self.app.config.host
         forward_to = None
         # Until the method returns: a request stopped mid-way (SystemExit in a pool
         # process at a shutdown cut-off or a lost broker) must not read as done.
         outcome = "interrupted"
         try:
-            host = self.check_served()
             manager = self.managers.get(self.service)
             host = manager.host
             self.check_version(manager.rpc_api_version)
@@ -132,16 +130,6 @@ class EndpointTask(Task):
         # Handed on outside the except block: nothing of the manager's frames stays
         # chained to the exception that ends this run (Celery's Ignore).
         return self._forward(forward_to, host, kwargs)
-
-    def check_served(self) -> str:
-        """This node's host; :class:`UnknownEndpoint` when it does not run the service."""
-        config = self.app.config
-        if self.service not in self.managers.served:
-            reason = (f"{self.name}: node {config.host} does not run the {self.service} "
-                      "service; the message was put in a queue of a service it does not serve")
-            self.dead_letter(reason, self.request.args, self.request.kwargs, config.host)
-            raise UnknownEndpoint(reason, {"host": config.host})
-        return config.host
 
     def check_version(self, served: str) -> None:
         """:class:`UnsupportedVersion` unless this node serves the version the request needs."""

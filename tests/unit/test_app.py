@@ -1,0 +1,77 @@
+"""The app object: the process's default, its configuration and specs, what a caller loads."""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+from celery import Celery
+
+import workers
+from tests.conftest import REPO_ROOT, make_app, make_config
+from workers.core.application import Taskyard, default_app
+
+
+def test_workers_app_is_the_celery_app_of_the_process_never_a_module() -> None:
+    from workers import app
+
+    assert isinstance(app, Celery) and isinstance(app, Taskyard)
+    assert workers.app is app is default_app()
+    assert "workers.app" not in sys.modules
+    assert app.config.services.keys() == {"volume", "compute", "scheduler"}
+
+
+def test_each_app_carries_its_own_configuration_and_specs() -> None:
+    fake = make_app(make_config(host="a"))
+    real = make_app(make_config(env={"TASKYARD_SERVICES__VOLUME__DRIVER": "file"}, host="b"))
+    assert (fake.config.host, real.config.host) == ("a", "b")
+    assert fake.spec("volume").config.driver == "fake"
+    assert real.spec("volume").config.driver == "file"
+    assert fake.conf.broker_transport_options["taskyard_host"] == "a"
+
+
+def test_a_new_app_never_sees_the_specs_of_a_freed_one() -> None:
+    # A cache keyed by id(config) returned the freed config's specs when a new config
+    # took its address: 500 times out of 500.
+    base = make_config()
+    for round_ in range(500):
+        driver = ("fake", "file")[round_ % 2]
+        config = base.with_overrides(services={
+            "volume": replace(base.services["volume"], driver=driver)})
+        app = Taskyard(config)
+        assert app.spec("volume").config.driver == driver
+        del app, config
+        gc.collect()
+
+
+def _imported_by(code: str) -> list[str]:
+    """The taskyard and Celery worker modules a fresh interpreter has loaded after ``code``."""
+    probe = (f"{code}\nimport sys, json\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.startswith(("
+             "'workers', 'managers', 'drivers', 'celery.worker')))))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=True, timeout=60)
+    return list(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_a_caller_that_sends_requests_loads_no_node_runtime_and_no_operator_tools() -> None:
+    loaded = _imported_by(
+        "from workers import Client, Taskyard, load_config\n"
+        "client = Client('volume', app=Taskyard(load_config()))\n"
+        "client.spec.binder('create_volume').bind((), {'size_gb': 1})\n"
+    )
+    assert "workers.client.rpc" in loaded
+    assert not [m for m in loaded if m.startswith(("workers.node.", "workers.cli."))], loaded
+    assert not [m for m in loaded if m.startswith(("celery.worker.request",
+                                                   "celery.worker.strategy",
+                                                   "celery.worker.consumer"))], loaded
+
+
+def test_importing_workers_reads_no_settings() -> None:
+    # With a broken settings file, importing still works; only using the app fails.
+    loaded = _imported_by("import os; os.environ['TASKYARD_RPC_TIMEOUT'] = '-1'\n"
+                          "import workers, workers.exceptions")
+    assert "workers.core.application" in loaded

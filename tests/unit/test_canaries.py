@@ -1,0 +1,107 @@
+"""Canaries: the private internals of Celery and kombu that taskyard extends, as it expects them.
+
+taskyard pins celery and kombu to the minor version below. Each extension of
+a private internal names it here; when an upgrade changes its shape, the
+test naming it fails instead of the guard silently doing nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import celery
+import kombu
+from celery.app.amqp import AMQP
+from celery.backends.base import Backend
+from celery.worker import strategy
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.transport import redis as kombu_redis
+from kombu.utils.scheduling import cycle_by_name
+
+from workers.extensions import consumer, signing, transport
+
+#: The minor versions the pins in pyproject.toml admit, and these canaries were checked on.
+CELERY_MINOR = (5, 7)
+KOMBU_MINOR = (5, 7)
+
+
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
+def test_the_installed_celery_and_kombu_are_the_pinned_minor_versions() -> None:
+    assert _minor(celery.__version__) == CELERY_MINOR
+    assert _minor(kombu.__version__) == KOMBU_MINOR
+
+
+# -- workers.extensions.transport --------------------------------------------------------
+
+
+def test_kombus_redis_reads_decode_entries_with_the_module_global_loads() -> None:
+    # The guard runs these two functions' code with another ``loads`` in their globals.
+    for method in (kombu_redis.Channel._brpop_read, kombu_redis.Channel._get):
+        assert "loads" in method.__code__.co_names, method.__qualname__
+        assert method.__globals__["loads"] is kombu_redis.loads
+        assert method.__closure__ is None
+
+
+def test_kombus_redis_channel_reads_entries_through_the_methods_the_guard_replaces() -> None:
+    source = inspect.getsource(kombu_redis.Channel.__init__)
+    assert "'BRPOP': self._brpop_read" in source
+    assert "self._queue_cycle = cycle_by_name(self.queue_order_strategy)()" in source
+    assert list(inspect.signature(kombu_redis.Channel._get).parameters)[:2] == ["self", "queue"]
+
+
+def test_kombus_queue_cycle_has_what_the_recording_cycle_forwards() -> None:
+    made = cycle_by_name(kombu_redis.Channel.queue_order_strategy)()
+    for name in ("update", "consume", "rotate"):
+        assert callable(getattr(made, name)), name
+    assert "self._queue_cycle.rotate(" in inspect.getsource(kombu_redis.Channel._brpop_read)
+
+
+def test_kombus_create_client_takes_asynchronous_and_transport_options_are_read_by_name() -> None:
+    assert "asynchronous" in inspect.signature(kombu_redis.Channel._create_client).parameters
+    assert isinstance(kombu_redis.Channel.from_transport_options, tuple)
+    assert set(transport.Channel.from_transport_options) >= {
+        "taskyard_max_message_bytes", "taskyard_services", "taskyard_host"}
+
+
+# -- workers.extensions.signing -------------------------------------------------------------
+
+
+def test_celerys_amqp_makes_its_task_sender_in_create_task_sender() -> None:
+    assert callable(AMQP._create_task_sender)
+    source = inspect.getsource(AMQP._create_task_sender)
+    assert "def send_task_message(producer, name, message," in source
+    assert issubclass(signing.GuardedAMQP, AMQP)
+
+
+def test_celerys_default_strategy_takes_task_app_and_consumer() -> None:
+    params = list(inspect.signature(strategy.default).parameters)
+    assert params[:3] == ["task", "app", "consumer"]
+
+
+# -- workers.extensions.consumer -------------------------------------------------------------
+
+
+def test_celerys_consumer_has_the_hooks_the_dead_letter_consumer_overrides() -> None:
+    expected = {
+        "on_decode_error": ["self", "message", "exc"],
+        "on_unknown_message": ["self", "body", "message"],
+        "on_unknown_task": ["self", "body", "message", "exc"],
+        "on_invalid_task": ["self", "body", "message", "exc"],
+        "on_connection_error_after_connected": ["self", "exc"],
+    }
+    for name, params in expected.items():
+        ours = getattr(consumer.Consumer, name)
+        theirs = getattr(CeleryConsumer, name)
+        assert ours is not theirs, name
+        assert list(inspect.signature(theirs).parameters) == params, name
+
+
+# -- workers.extensions.backend ----------------------------------------------------------------
+
+
+def test_celerys_backends_rebuild_exceptions_in_exception_to_python() -> None:
+    assert list(inspect.signature(Backend.exception_to_python).parameters) == ["self", "exc"]
