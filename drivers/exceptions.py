@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 __all__ = [
-    "ConfigError", "DriverError", "NoValidHost", "ProcessExecutionError", "TaskyardError",
-    "lookup_wire_error", "wire_error", "wire_name",
+    "ComputeDriverError", "ConfigError", "DriverError", "NoValidHost", "ProcessExecutionError",
+    "TaskyardError", "VolumeDriverError", "lookup_wire_error", "wire_error", "wire_name",
 ]
 
 _E = TypeVar("_E", bound=type["TaskyardError"])
@@ -96,6 +96,14 @@ class DriverError(TaskyardError):
     ``ComputeDriverError``); a caller receives it as ``RemoteError`` naming
     the class, since a backend's failure is not part of a service's API.
     """
+
+
+class VolumeDriverError(DriverError):
+    """Raised by a volume driver when its backend refuses an operation or cannot be used."""
+
+
+class ComputeDriverError(DriverError):
+    """Raised by a compute driver when its backend refuses an operation or cannot be used."""
 
 
 class ProcessExecutionError(DriverError):

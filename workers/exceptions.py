@@ -8,8 +8,8 @@ here, so a caller needs only ``from workers.exceptions import ...`` (or
     ├── ConfigError                  drivers.exceptions: bad or unloadable settings
     ├── DriverError                  drivers.exceptions: a backend refused or is unusable
     │   ├── ProcessExecutionError    drivers.exceptions: a command failed (the executor)
-    │   ├── VolumeDriverError        drivers.volume.base
-    │   └── ComputeDriverError       drivers.compute.base
+    │   ├── VolumeDriverError        drivers.exceptions: a volume backend (drivers.volume)
+    │   └── ComputeDriverError       drivers.exceptions: a compute backend (drivers.compute)
     ├── NoValidHost *                drivers.exceptions: the scheduler found no host
     ├── InvalidRequest *             managers.exceptions: bad arguments, values or names
     │   ├── UnknownEndpoint *        workers.exceptions: not an endpoint of the service
@@ -31,18 +31,18 @@ from __future__ import annotations
 
 import traceback as _traceback
 
-from drivers.compute.base import ComputeDriverError
 from drivers.exceptions import (
+    ComputeDriverError,
     ConfigError,
     DriverError,
     NoValidHost,
     ProcessExecutionError,
     TaskyardError,
+    VolumeDriverError,
     lookup_wire_error,
     wire_error,
     wire_name,
 )
-from drivers.volume.base import VolumeDriverError
 from managers.exceptions import Conflict, InvalidRequest, NotFound
 
 __all__ = [

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.exceptions import DriverError
+from drivers.exceptions import ComputeDriverError
 
 #: Power states a driver reports for an instance.
 RUNNING = "running"
@@ -50,10 +50,6 @@ def parse_images(images: Mapping[str, str | Sequence[str]]) -> dict[str, list[st
             raise ValueError(f"images.{name} is empty; expected a command line")
         parsed[str(name)] = argv
     return parsed
-
-
-class ComputeDriverError(DriverError):
-    """Raised by a driver when the backend refuses an operation."""
 
 
 def command_for(catalogue: Mapping[str, list[str]], image: str) -> list[str]:

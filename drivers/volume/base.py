@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.exceptions import DriverError
+from drivers.exceptions import VolumeDriverError
 from drivers.ids import safe_id
 
 __all__ = [
@@ -46,10 +46,6 @@ class SnapshotRef:
     size_gb: int
     name: str | None = None
     location: str | None = None
-
-
-class VolumeDriverError(DriverError):
-    """Raised by a driver when the backend refuses an operation."""
 
 
 class VolumeDriver(ABC):

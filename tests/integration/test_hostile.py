@@ -166,26 +166,30 @@ def test_deadletters_command_lists_them(cluster_env: dict[str, str], node: Node,
     assert {e["service"] for e in as_json} >= {"volume", "compute"}
 
 
-def test_a_rolling_upgrade_old_nodes_refuse_newer_requests_until_the_caller_pins_a_cap(
+def test_a_rolling_upgrade_callers_speak_the_lowest_live_version_and_old_nodes_refuse_newer(
     node: Node, cluster_env: dict[str, str], v2_settings: str, letters: DeadLetters,
     start_node: Callable[..., Node],
 ) -> None:
     env = {k: v for k, v in cluster_env.items() if k.startswith("TASKYARD_")}
-    new_client = make_app(make_config(env={**env, "TASKYARD_SETTINGS": v2_settings}))
-    greeter = Client("greeter", app=new_client)
-    assert greeter.version == "1.3"
-    handle = greeter.prepare(host=HOST).cast("greet", name="ada")
+    caller = make_app(make_config(env={**env, "TASKYARD_SETTINGS": v2_settings}))
+    # Only the 1.2 node runs: callers speak 1.2, whatever code they have.
+    greeter = Client("greeter", app=caller)
+    assert greeter.version == "1.2"
+    assert greeter.prepare(host=HOST).call("greet", name="ada") == (
+        "hello ada from hostile-node (1.2)")
+    # A caller that insists on 1.3 is refused by the old node, and the request is kept.
+    handle = greeter.prepare(host=HOST, version_cap="1.3").cast("greet", name="ada")
     with pytest.raises(UnsupportedVersion, match=r"needs API version 1\.3; this node serves 1\.2"):
         handle.wait()
     letter = wait_for_letter(letters, "greeter", "needs API version 1.3")
-    # Pinned to what every node serves, the new client works with the old node.
-    pinned = greeter.prepare(host=HOST, version_cap="1.2")
-    assert pinned.call("greet", name="ada") == "hello ada from hostile-node (1.2)"
 
-    # Once a 1.3 node runs, the refused request is sent again and done, under its task id.
+    # A 1.3 node joins: while the 1.2 node lives, callers still speak 1.2 (both serve it).
     start_node("upgraded", services=["greeter"], env={"TASKYARD_SETTINGS": v2_settings})
-    letter_queue = letter["queue"]
-    assert letter_queue == f"greeter.{HOST}"
+    assert Client("greeter", app=caller).version == "1.2"
+    assert Client("greeter", app=caller, version_cap="1.3").api.version == "1.3"  # type: ignore[union-attr]
+
+    # The refused request is sent again to the upgraded node, under its task id.
+    assert letter["queue"] == f"greeter.{HOST}"
     moved = run_cli({**cluster_env, "TASKYARD_SETTINGS": v2_settings}, "deadletters",
                     "--requeue", letter["id"], "--host", "upgraded")
     assert moved.returncode == 0, moved.stderr
@@ -193,6 +197,23 @@ def test_a_rolling_upgrade_old_nodes_refuse_newer_requests_until_the_caller_pins
     assert letter["id"] not in {e["id"] for e in letters.list("greeter")}
     again = greeter.handle(handle.id, "greet")  # the first handle keeps the answer it got
     assert again.wait() == "hello ada from upgraded (1.3)"
+
+
+def test_describe_prints_the_published_endpoints_without_the_services_code(
+    node: Node, cluster_env: dict[str, str],
+) -> None:
+    # The caller's settings know no greeter service and cannot import its code.
+    described = run_cli(cluster_env, "describe", "greeter")
+    assert described.returncode == 0, described.stderr
+    assert "greeter  API 1.2  (served now)" in described.stdout
+    assert "  greet(name: str)" in described.stdout
+    called = run_cli(cluster_env, "call", "greeter", "greet", "name=bo", "--host", HOST)
+    assert called.stdout.strip() == '"hello bo from hostile-node (1.2)"', called.stderr
+    wrong = run_cli(cluster_env, "call", "greeter", "greet", "name=1")
+    assert wrong.returncode == 1
+    assert "argument 'name' must be str, got int 1" in wrong.stderr
+    unknown = run_cli(cluster_env, "describe", "nope")
+    assert unknown.returncode == 1 and "no node of 'nope' has published" in unknown.stderr
 
 
 def test_a_dead_letter_refused_for_its_signature_is_not_requeued(

@@ -57,14 +57,29 @@ def _imported_by(code: str) -> list[str]:
     return list(json.loads(done.stdout.splitlines()[-1]))
 
 
-def test_a_caller_that_sends_requests_loads_no_node_runtime_and_no_operator_tools() -> None:
-    loaded = _imported_by(
-        "from workers import Client, Taskyard, load_config\n"
-        "client = Client('volume', app=Taskyard(load_config()))\n"
-        "client.spec.binder('create_volume').bind((), {'size_gb': 1})\n"
-    )
+#: A caller with only a Redis: the API a node published is in (fake) Redis, the request
+#: goes out on the memory transport.
+CALLER = """
+import json, fakeredis
+from workers import Client, Taskyard, load_config
+redis = fakeredis.FakeRedis()
+redis.hset("taskyard:registry:volume:api", "1.0", json.dumps({
+    "service": "volume", "version": "1.0", "endpoints": {"create_volume": {
+        "doc": "", "arguments": {"type": "object", "properties": {"size_gb": {"type": "integer"}},
+                                 "required": ["size_gb"], "additionalProperties": False}}}}))
+config = load_config().with_overrides(broker_url="memory://", result_backend="cache+memory://")
+client = Client("volume", app=Taskyard(config, redis_clients={config.records_url: redis}))
+assert client.cast("create_volume", size_gb=1).id
+"""
+
+
+def test_a_caller_that_sends_requests_loads_no_service_code_no_node_runtime_no_cli() -> None:
+    loaded = _imported_by(CALLER)
     assert "workers.client.rpc" in loaded
     assert not [m for m in loaded if m.startswith(("workers.node.", "workers.cli."))], loaded
+    service_code = ("managers.volume", "managers.compute", "managers.scheduler",
+                    "drivers.volume.", "drivers.compute.", "drivers.scheduler.")
+    assert not [m for m in loaded if m.startswith(service_code)], loaded
     assert not [m for m in loaded if m.startswith(("celery.worker.request",
                                                    "celery.worker.strategy",
                                                    "celery.worker.consumer"))], loaded

@@ -176,20 +176,28 @@ def test_names_that_are_not_endpoints_are_unknown_on_the_node(app: Taskyard, nam
     assert Client("echo", app=app).call("echo", text="still serving") == "STILL SERVING"
 
 
+@pytest.fixture
+def caller(app: Taskyard, config: Config, module_redis: fakeredis.FakeRedis) -> Taskyard:
+    """Another process's app, without the echo service's code: only what the node published."""
+    services = {name: svc for name, svc in config.services.items() if name != "echo"}
+    return make_app(config.with_overrides(host="caller", services=services), module_redis)
+
+
 @pytest.mark.parametrize("method", ["helper", "init_host", "_private", "__class__", "driver"])
-def test_the_client_refuses_unknown_endpoints_before_sending(config: Config, method: str) -> None:
-    with pytest.raises(UnknownEndpoint, match="endpoints: echo, explode"):
-        Client("echo", app=make_app(config)).cast(method)
+def test_the_client_refuses_unknown_endpoints_before_sending(caller: Taskyard, method: str
+                                                             ) -> None:
+    with pytest.raises(UnknownEndpoint, match="endpoints: echo, explode, ping, slow, whoami"):
+        Client("echo", app=caller).cast(method)
 
 
-def test_the_client_refuses_an_unknown_service_at_once(config: Config) -> None:
-    with pytest.raises(UnknownService,
-                       match="configured services are compute, echo, scheduler, volume"):
-        Client("nope", app=make_app(config))
+def test_the_client_refuses_an_unknown_service_at_once(caller: Taskyard) -> None:
+    with pytest.raises(UnknownService, match="no node of it has published its endpoints"):
+        Client("nope", app=caller)
 
 
-def test_the_client_checks_arguments_before_sending(config: Config) -> None:
-    client = Client("echo", app=make_app(config))
+def test_the_client_checks_arguments_before_sending(caller: Taskyard) -> None:
+    client = Client("echo", app=caller)
+    assert client.version == "1.0"
     with pytest.raises(InvalidRequest, match="missing argument 'text'"):
         client.cast("echo")
 
@@ -247,8 +255,8 @@ def test_cast_many_sends_every_request_and_each_is_served(app: Taskyard) -> None
     assert [h.wait() for h in handles] == [f"N{i}" for i in range(20)]
 
 
-def test_cast_many_refuses_every_call_when_one_is_bad(config: Config) -> None:
-    client = Client("echo", app=make_app(config))
+def test_cast_many_refuses_every_call_when_one_is_bad(caller: Taskyard) -> None:
+    client = Client("echo", app=caller)
     with pytest.raises(InvalidRequest,
                        match=r"call 2 of 3: echo\.echo: argument 'text' must be str"):
         client.cast_many("echo", [{"text": "a"}, {"text": "b"}, {"text": 3}])

@@ -45,13 +45,19 @@ class FakeNode:
         self.host = "node-h"
         self.started_at = 1.0
         self.managers = {"volume": BrokenCapabilities()}
+        self.published = 0
+
+    def publish_apis(self) -> None:
+        self.registry.report("volume", self.host, {"publishing": True})  # fails like a report
+        self.published += 1
 
 
 def test_heartbeat_failures_are_logged_once_retried_and_recovery_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     registry = FlakyRegistry(failures=5, total=8)
-    beat = Heartbeat(FakeNode(registry), interval=0.001)  # type: ignore[arg-type]
+    node = FakeNode(registry)
+    beat = Heartbeat(node, interval=0.001)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="taskyard.node"):
         beat.start()
         assert registry.done.wait(10)
@@ -61,11 +67,12 @@ def test_heartbeat_failures_are_logged_once_retried_and_recovery_is_logged(
     assert sum("heartbeat of node-h failed" in m for m in messages) == 1
     assert sum("works again" in m for m in messages) == 1
     assert registry.reports, "it kept trying until Redis answered"
+    assert node.published == 1, "the APIs are published once, at the first beat that works"
 
 
 def test_a_manager_whose_capabilities_fail_still_reports_with_the_error() -> None:
     registry = FlakyRegistry(failures=0, total=1)
     Heartbeat(FakeNode(registry), interval=1).beat()  # type: ignore[arg-type]
-    (info,) = registry.reports
+    _, info = registry.reports
     assert info["capabilities"] == {"error": "OSError: statvfs failed"}
     assert info["report_count"] == 1 and info["host"] == "node-h"

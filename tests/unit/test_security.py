@@ -39,9 +39,13 @@ def settings_with(base: Config, **security: Any) -> Config:
                          security=replace(base.security, **security))
 
 
+#: The records (and registry) of the module's node and of every caller.
+RECORDS = fakeredis.FakeRedis()
+
+
 @pytest.fixture(scope="module")
 def module_redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
+    return RECORDS
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +69,7 @@ def node(node_config: Config, module_redis: fakeredis.FakeRedis) -> Iterator[Tas
 
 def caller(node_config: Config, **security: Any) -> Client:
     config = node_config.with_overrides(security=SecurityConfig(**security))
-    return Client("echo", app=make_app(config))
+    return Client("echo", app=make_app(config, RECORDS))
 
 
 def dead_letters(redis: fakeredis.FakeRedis) -> list[dict[str, Any]]:

@@ -19,11 +19,12 @@ from workers.cli.flower import run_flower, start_flower_process, url
 from workers.cli.status import gather, render
 from workers.client.progress import wait_with_progress
 from workers.client.rpc import Client
+from workers.core.api import version_key
 from workers.core.application import Taskyard, set_default_app
 from workers.core.config import Config, effective, load_config, mask_url
 from workers.core.deadletters import DeadLetters
 from workers.core.keys import host_queue, nodename
-from workers.exceptions import ConfigError, InvalidRequest, TaskyardError
+from workers.exceptions import ConfigError, InvalidRequest, TaskyardError, UnknownService
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -216,6 +217,46 @@ def cast(service: str, method: str, arguments: tuple[str, ...], host: str | None
     """Send METHOD of SERVICE without waiting; print the task id."""
     handle = Client(service, app=_app(), host=host).cast(method, **parse_arguments(arguments))
     click.echo(handle.id)
+
+
+@main.command()
+@click.argument("service", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the published documents as JSON.")
+@reports_errors
+def describe(service: str | None, as_json: bool) -> None:
+    """The endpoints of SERVICE (or of every service): arguments, types and docs.
+
+    Read from what the nodes published, so it needs no service's code.
+    """
+    app = _app()
+    registry = app.registry
+    names = [service] if service else registry.services()
+    published = {name: registry.apis(name) for name in names}
+    if service and not published[service]:
+        raise UnknownService(
+            f"no node of {service!r} has published its endpoints (start one: it publishes "
+            "them when it starts)"
+        )
+    if as_json:
+        _print_json({name: {version: api.to_doc() for version, (api, _) in apis.items()}
+                     for name, apis in published.items() if apis})
+        return
+    click.echo(render_apis(published, registry.service_down_time))
+
+
+def render_apis(published: dict[str, dict[str, Any]], down_time: float) -> str:
+    """Each service's published API versions, endpoints with arguments, and docs."""
+    lines: list[str] = []
+    for name, apis in sorted(published.items()):
+        for version in sorted(apis, key=version_key):
+            api, age = apis[version]
+            live = "served now" if age <= down_time else "no live node serves it"
+            lines.append(f"{name}  API {version}  ({live})")
+            for endpoint_name, endpoint in sorted(api.endpoints.items()):
+                lines.append(f"  {endpoint_name}({endpoint.binder.describe()})")
+                for doc_line in endpoint.doc.splitlines()[:1] or ["(no docstring)"]:
+                    lines.append(f"      {doc_line}")
+    return "\n".join(lines) if lines else "(no node has published an API; start one)"
 
 
 # -- watching -------------------------------------------------------------------

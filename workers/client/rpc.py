@@ -26,11 +26,19 @@ from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 
 from managers.base import RequestContext, current_context
+from workers.core.api import ServiceAPI
 from workers.core.application import Taskyard, default_app
+from workers.core.binding import Binder
 from workers.core.config import Config
-from workers.core.keys import PROGRESS, host_queue
-from workers.core.specs import ServiceSpec
-from workers.exceptions import InvalidRequest, RemoteError, TaskyardError, Timeout, Unavailable
+from workers.core.keys import PROGRESS, host_queue, task_name
+from workers.exceptions import (
+    InvalidRequest,
+    RemoteError,
+    TaskyardError,
+    Timeout,
+    Unavailable,
+    UnknownService,
+)
 from workers.extensions.signing import seal
 
 
@@ -132,16 +140,25 @@ class Client:
     ) -> None:
         self.app = app or default_app()
         self.config: Config = self.app.config
-        service_config = self.config.service(service)  # UnknownService at once
-        self.spec: ServiceSpec = self.app.specs[service]
         self.service = service
         self.host = host
         self.timeout = self.config.rpc_timeout if timeout is None else float(timeout)
         self.user = user
+        configured = self.config.services.get(service)
+        cap = version_cap or (configured.version_cap if configured else None)
+        #: What the service's nodes published: its endpoints and their arguments (None
+        #: until a node has published; the node then checks each request alone).
+        self.api: ServiceAPI | None = self.app.api(service, cap)
+        if self.api is None and configured is None:
+            known = ", ".join(sorted(self.config.services)) or "none"
+            raise UnknownService(
+                f"unknown service {service!r}: no node of it has published its endpoints and it "
+                f"is not configured here (configured services are {known}); check the name, "
+                "or start a node of it"
+            )
         #: The API version requests ask for: the cap when one is set (here or in
-        #: settings), else the version of the manager class this client knows.
-        self.version = (version_cap or service_config.version_cap
-                        or self.spec.manager_cls.rpc_api_version)
+        #: settings), else the lowest version a live node serves.
+        self.version = cap or (self.api.version if self.api else None)
 
     def prepare(
         self, host: str | None = None, timeout: float | None = None, user: str | None = None,
@@ -167,11 +184,29 @@ class Client:
             request_id=uuid.uuid4().hex, caller_host=self.config.host, user=self.user
         )
 
+    def _binder(self, method: str) -> Binder | None:
+        """The endpoint's published binder (None: nothing published, the node checks).
+
+        :class:`UnknownEndpoint` when the service has no such endpoint, after
+        looking once more in case its nodes were upgraded since.
+        """
+        if self.api is None:
+            return None
+        if method not in self.api.endpoints:
+            fresh = self.app.api(self.service, self.version, refresh=True)
+            self.api = fresh or self.api
+        return self.api.binder(method)
+
+    def _check(self, method: str, kwargs: dict[str, Any]) -> None:
+        binder = self._binder(method)
+        if binder is not None:
+            binder.bind((), kwargs)
+
     def _send(self, method: str, kwargs: dict[str, Any], host: str | None,
               shadow: str | None = None, subscribe: bool = False) -> Handle:
         """Check and send one request; ``subscribe`` to its result first for a call."""
-        self.spec.binder(method).bind((), kwargs)
-        name = self.spec.task_name(method)
+        self._check(method, kwargs)
+        name = task_name(self.service, method)
         queue = host_queue(self.service, host) if host else self.service
         try:
             with self.app.producer_or_acquire() as producer:
@@ -207,17 +242,18 @@ class Client:
         its own id, checked, sized and signed like a :meth:`cast`, and its
         result is subscribed to only when its handle is waited on.
         """
-        binder = self.spec.binder(method)
+        binder = self._binder(method)
         kwargs_list = [dict(call) for call in calls]
         for index, kwargs in enumerate(kwargs_list):
             try:
-                binder.bind((), kwargs)
+                if binder is not None:
+                    binder.bind((), kwargs)
             except InvalidRequest as exc:
                 raise InvalidRequest(f"call {index} of {len(kwargs_list)}: {exc}",
                                      exc.details) from None
         if not kwargs_list:
             return []
-        name = self.spec.task_name(method)
+        name = task_name(self.service, method)
         queue = host_queue(self.service, self.host) if self.host else self.service
         handles: list[Handle] = []
         try:
@@ -253,7 +289,8 @@ class Client:
         """
         task_id = str(uuid.uuid4())
         headers = self._context().as_headers()
-        headers["taskyard_version"] = self.version
+        if self.version is not None:
+            headers["taskyard_version"] = self.version
         task_headers, properties, body, sent_event = self.app.amqp.create_task_message(
             task_id, name, (), kwargs, argsrepr="()", kwargsrepr=_short_repr(kwargs),
             create_sent_event=events is not None, shadow=shadow,
@@ -287,7 +324,7 @@ class Client:
         """
         hosts = self.app.registry.alive_hosts(self.service)
         # The shadow name is what logs and Flower show: "volume.ping (fanout)".
-        shadow = f"{self.spec.task_name(method)} (fanout)"
+        shadow = f"{task_name(self.service, method)} (fanout)"
         handles = {host: self._send(method, kwargs, host, shadow) for host in hosts}
         if not wait:
             return list(handles)

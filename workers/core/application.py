@@ -17,18 +17,22 @@ caller that builds an app and sends requests loads none of the node runtime.
 from __future__ import annotations
 
 import threading
+import time
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from celery import Celery
 from kombu import Queue
 
-from workers.core.config import Config, load_config
+from workers.core.api import ServiceAPI
+from workers.core.config import Config, load_config, mask_url
 from workers.core.connections import RedisClients
 from workers.core.keys import host_queue
 from workers.core.registry import Registry
 from workers.core.specs import ServiceSpec, build_specs
+from workers.exceptions import Unavailable
 
 #: The worker bootstep that makes a Celery worker a taskyard node (workers.node).
 NODE_STEP = "workers.node.node:NodeStep"
@@ -146,6 +150,7 @@ class Taskyard(Celery):
         super().__init__("taskyard", set_as_current=set_as_current, amqp=AMQP, **kwargs)
         self.config = config
         self.redis = RedisClients(config, redis_clients)
+        self._apis: dict[tuple[str, str | None], tuple[float, ServiceAPI | None]] = {}
         self.conf.update(celery_settings(config))
         self.loader.override_backends = dict(BACKENDS)
         self.steps["worker"].add(NODE_STEP)
@@ -159,6 +164,28 @@ class Taskyard(Celery):
         """One service's spec; ``UnknownService`` when it is not configured."""
         self.config.service(service)
         return self.specs[service]
+
+    def api(self, service: str, version: str | None = None, *,
+            refresh: bool = False) -> ServiceAPI | None:
+        """The API of ``service`` its nodes published (see :meth:`Registry.api`), or None.
+
+        Read from the registry at most once per ``report_interval`` (or when
+        ``refresh``), so creating clients costs no round trip each time.
+        """
+        key = (service, version)
+        now = time.monotonic()
+        cached = self._apis.get(key)
+        if cached is not None and not refresh and now - cached[0] < self.config.report_interval:
+            return cached[1]
+        try:
+            api = self.registry.api(service, version)
+        except redis.RedisError as exc:
+            raise Unavailable(
+                f"cannot reach Redis at records_url {mask_url(self.config.records_url)} to read "
+                f"the API of {service}: {exc}; nothing was sent"
+            ) from exc
+        self._apis[key] = (now, api)
+        return api
 
     @property
     def records(self) -> Any:

@@ -1,14 +1,20 @@
-"""Checking a request's arguments against an endpoint's signature.
+"""Checking a request's arguments against an endpoint's signature, on both ends of the wire.
 
 Celery never checks the arguments of a message it runs, so every endpoint
-gets a :class:`Binder`, built once from the signature and annotations when
-the service is loaded: on the per-message path there is no ``inspect`` and
-no annotation parsing, only a few set operations and ``isinstance`` calls.
+gets a :class:`Binder`. On a node it is built from the endpoint's signature
+and annotations; the same arguments are also described as JSON Schema
+(:meth:`Binder.schema`), which nodes publish so that a caller without the
+service's code builds the very same :class:`Binder` from it
+(:meth:`Binder.from_schema`) and refuses a bad request before sending it.
+On the per-message path there is no ``inspect`` and no annotation parsing,
+only a few set operations and type checks.
 
 Annotations must describe JSON values: ``int``, ``float`` (an int is
 accepted), ``str``, ``bool``, ``None``, ``list``/``list[T]``,
 ``dict``/``dict[str, T]``, ``Any``, ``Literal[...]`` and unions of them.
-A bool is never accepted for a number.
+A bool is never accepted for a number. They map to the JSON Schema
+keywords ``type`` (integer, number, string, boolean, null, array, object),
+``items``, ``additionalProperties``, ``enum`` and ``anyOf``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,56 @@ from typing import Any
 from workers.exceptions import InvalidRequest
 
 Check = Callable[[Any], bool]
+Schema = dict[str, Any]
+
+_SIMPLE: dict[Any, Schema] = {
+    int: {"type": "integer"},
+    float: {"type": "number"},
+    str: {"type": "string"},
+    bool: {"type": "boolean"},
+    type(None): {"type": "null"},
+    None: {"type": "null"},
+    list: {"type": "array"},
+    tuple: {"type": "array"},
+    dict: {"type": "object"},
+    Any: {},
+    object: {},
+    inspect.Parameter.empty: {},
+}
+
+_LISTS = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
+_DICTS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+
+
+def schema_of(annotation: Any, where: str) -> Schema:
+    """The JSON Schema of the values ``annotation`` allows.
+
+    Raises TypeError (at service load, never per message) for an annotation
+    that no JSON value can satisfy, naming ``where``.
+    """
+    if annotation in _SIMPLE:
+        return dict(_SIMPLE[annotation])
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [schema_of(arg, where) for arg in args]}
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if origin in _LISTS or annotation in _LISTS:
+        homogeneous = bool(args) and (origin is not tuple or (len(args) == 2 and args[1] is ...))
+        item = schema_of(args[0], where) if homogeneous else {}
+        return {"type": "array", "items": item} if item else {"type": "array"}
+    if origin in _DICTS or annotation in _DICTS:
+        value: Schema = {}
+        if args:
+            if schema_of(args[0], where) not in ({"type": "string"}, {}):
+                raise TypeError(f"{where}: JSON object keys are strings, not {args[0]!r}")
+            value = schema_of(args[1], where)
+        return {"type": "object", "additionalProperties": value} if value else {"type": "object"}
+    raise TypeError(
+        f"{where}: annotation {annotation!r} is not a JSON type "
+        "(use int, float, str, bool, None, list[...], dict[str, ...], Any or a union)"
+    )
 
 
 def _any(value: Any) -> bool:
@@ -33,75 +89,67 @@ def _int(value: Any) -> bool:
     return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
-def _float(value: Any) -> bool:
+def _number(value: Any) -> bool:
     return type(value) in (float, int) or (
         isinstance(value, (int, float)) and not isinstance(value, bool)
     )
 
 
-_SIMPLE: dict[Any, tuple[Check, str]] = {
-    int: (_int, "int"),
-    float: (_float, "number"),
-    str: (lambda v: isinstance(v, str), "str"),
-    bool: (lambda v: isinstance(v, bool), "bool"),
-    type(None): (lambda v: v is None, "null"),
-    None: (lambda v: v is None, "null"),
-    list: (lambda v: isinstance(v, list), "list"),
-    tuple: (lambda v: isinstance(v, list), "list"),
-    dict: (lambda v: isinstance(v, dict), "object"),
-    Any: (_any, "any"),
-    object: (_any, "any"),
-    inspect.Parameter.empty: (_any, "any"),
+_TYPES: dict[str, tuple[Check, str]] = {
+    "integer": (_int, "int"),
+    "number": (_number, "number"),
+    "string": (lambda v: isinstance(v, str), "str"),
+    "boolean": (lambda v: isinstance(v, bool), "bool"),
+    "null": (lambda v: v is None, "null"),
+    "array": (lambda v: isinstance(v, list), "list"),
+    "object": (lambda v: isinstance(v, dict), "object"),
 }
 
-_LISTS = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
-_DICTS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 
+def compile_schema(schema: Mapping[str, Any]) -> tuple[Check, str]:
+    """A function accepting exactly the JSON values ``schema`` allows, and a name for messages.
 
-def checker(annotation: Any, where: str) -> tuple[Check, str]:
-    """A function that accepts exactly the JSON values ``annotation`` allows, and its name.
-
-    Raises TypeError (at service load, never per message) for an annotation
-    that no JSON value can satisfy, naming ``where``.
+    Understands the subset :func:`schema_of` writes; a schema using anything
+    else is refused with ValueError (a published schema is never trusted
+    blindly).
     """
-    if annotation in _SIMPLE:
-        return _SIMPLE[annotation]
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        parts = [checker(arg, where) for arg in args]
+    if not isinstance(schema, Mapping):
+        raise ValueError(f"not a JSON Schema: {schema!r:.100}")
+    unknown = set(schema) - {"type", "items", "additionalProperties", "enum", "anyOf",
+                             "description", "title"}
+    if unknown:
+        raise ValueError(f"unsupported JSON Schema keywords: {sorted(unknown)}")
+    if "anyOf" in schema:
+        parts = [compile_schema(part) for part in schema["anyOf"]]
         checks = [c for c, _ in parts]
         return (lambda v: any(c(v) for c in checks)), " | ".join(n for _, n in parts)
-    if origin is typing.Literal:
-        allowed = args
+    if "enum" in schema:
+        allowed = tuple(schema["enum"])
         return (
             lambda v: any(v == a and type(v) is type(a) for a in allowed),
             " | ".join(repr(a) for a in allowed),
         )
-    if origin in _LISTS or annotation in _LISTS:
-        homogeneous = bool(args) and (origin is not tuple or (len(args) == 2 and args[1] is ...))
-        item, item_name = checker(args[0], where) if homogeneous else (_any, "any")
-        if item is _any:
-            return (lambda v: isinstance(v, list)), "list"
+    kind = schema.get("type")
+    if kind is None:
+        return _any, "any"
+    if kind not in _TYPES:
+        raise ValueError(f"unsupported JSON Schema type {kind!r}")
+    base, name = _TYPES[kind]
+    if kind == "array" and schema.get("items"):
+        item, item_name = compile_schema(schema["items"])
         return (lambda v: isinstance(v, list) and all(item(x) for x in v)), f"list[{item_name}]"
-    if origin in _DICTS or annotation in _DICTS:
-        if args:
-            key, _ = checker(args[0], where)
-            if key is not _SIMPLE[str][0] and key is not _any:
-                raise TypeError(f"{where}: JSON object keys are strings, not {args[0]!r}")
-            value, value_name = checker(args[1], where)
-        else:
-            value, value_name = _any, "any"
-        if value is _any:
-            return (lambda v: isinstance(v, dict)), "object"
+    if kind == "object" and schema.get("additionalProperties"):
+        value, value_name = compile_schema(schema["additionalProperties"])
         return (
             lambda v: isinstance(v, dict) and all(value(x) for x in v.values()),
             f"dict[str, {value_name}]",
         )
-    raise TypeError(
-        f"{where}: annotation {annotation!r} is not a JSON type "
-        "(use int, float, str, bool, None, list[...], dict[str, ...], Any or a union)"
-    )
+    return base, name
+
+
+def checker(annotation: Any, where: str) -> tuple[Check, str]:
+    """A function that accepts exactly the JSON values ``annotation`` allows, and its name."""
+    return compile_schema(schema_of(annotation, where))
 
 
 def _show(value: Any) -> str:
@@ -112,30 +160,66 @@ def _show(value: Any) -> str:
 class Binder:
     """Binds a message's arguments to one endpoint, or says exactly what is wrong."""
 
-    __slots__ = ("checks", "label", "names", "optional", "required", "var_keyword")
+    __slots__ = ("checks", "label", "names", "optional", "properties", "required",
+                 "var_keyword")
 
     def __init__(self, fn: Callable[..., Any], label: str) -> None:
-        self.label = label
         signature = inspect.signature(fn, eval_str=True)
         params = list(signature.parameters.values())
         if params and params[0].name == "self":
             params = params[1:]
-        self.checks: dict[str, tuple[Check, str]] = {}
+        properties: dict[str, Schema] = {}
         required: list[str] = []
-        optional: list[str] = []
-        self.var_keyword = False
+        var_keyword = False
         for param in params:
             where = f"{label}({param.name})"
             if param.kind is param.VAR_KEYWORD:
-                self.var_keyword = True
+                var_keyword = True
                 continue
             if param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY):
                 raise TypeError(f"{where}: endpoints take keyword arguments only")
-            self.checks[param.name] = checker(param.annotation, where)
-            (required if param.default is param.empty else optional).append(param.name)
+            properties[param.name] = schema_of(param.annotation, where)
+            if param.default is param.empty:
+                required.append(param.name)
+        self._setup(label, properties, required, var_keyword)
+
+    @classmethod
+    def from_schema(cls, label: str, schema: Mapping[str, Any]) -> Binder:
+        """The binder an endpoint's published arguments schema (:meth:`schema`) describes.
+
+        Raises ValueError for a schema this module did not write.
+        """
+        if not isinstance(schema, Mapping) or schema.get("type") != "object":
+            raise ValueError(f"{label}: the arguments schema is not an object schema")
+        properties = dict(schema.get("properties") or {})
+        required = [str(n) for n in schema.get("required") or ()]
+        if not set(required) <= set(properties):
+            raise ValueError(f"{label}: required arguments without a schema")
+        binder = cls.__new__(cls)
+        binder._setup(label, properties, required, schema.get("additionalProperties") is True)
+        return binder
+
+    def _setup(self, label: str, properties: Mapping[str, Schema], required: list[str],
+               var_keyword: bool) -> None:
+        self.label = label
+        self.properties = dict(properties)
+        self.checks: dict[str, tuple[Check, str]] = {
+            name: compile_schema(schema) for name, schema in properties.items()}
         self.required = frozenset(required)
-        self.optional = frozenset(optional)
-        self.names = tuple(required + optional)
+        self.optional = frozenset(properties).difference(required)
+        # Required first, each group in the signature's order.
+        self.names = tuple([n for n in properties if n in self.required]
+                           + [n for n in properties if n not in self.required])
+        self.var_keyword = var_keyword
+
+    def schema(self) -> Schema:
+        """The arguments as a JSON Schema object (what nodes publish)."""
+        return {
+            "type": "object",
+            "properties": {name: self.properties[name] for name in self.names},
+            "required": [name for name in self.names if name in self.required],
+            "additionalProperties": self.var_keyword,
+        }
 
     def describe(self) -> str:
         """The endpoint's arguments as ``name: type`` (optional ones with ``=``)."""

@@ -7,10 +7,18 @@ on a host is **up** when it is not disabled and its last report is at most
 ``service_down_time`` old. Operators disable a host (with a reason) to keep
 new work away from it without stopping it.
 
+Nodes also publish each service's API (its version, and per endpoint the
+JSON Schema of its arguments and its docstring) so that callers check
+requests without the service's code: one document per API version, and the
+last time a node of each version reported, so a caller speaks the lowest
+version any live node serves (every node of the same major takes it).
+
 Keys (all under ``taskyard:registry:``): ``services`` (set of service
 names), ``<service>`` (host -> JSON report), ``<service>:seen`` (host ->
 server time of the last report), ``<service>:disabled`` (host -> JSON
-``{reason, at}``).
+``{reason, at}``), ``<service>:api`` (API version -> JSON document),
+``<service>:versions`` (API version -> server time of the last report of a
+node serving it).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.core.api import ServiceAPI, version_key
 from workers.core.config import Config
 from workers.core.connections import connect
 from workers.core.keys import registry_key
@@ -32,6 +41,7 @@ local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[2], now)
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], now) end
 return now
 """
 
@@ -91,10 +101,20 @@ class Registry:
     def report(self, service: str, host: str, info: dict[str, Any]) -> float:
         """Store a heartbeat of ``service`` on ``host``; return its (Redis) time."""
         stamp = self._report(
-            keys=[registry_key("services"), registry_key(service), registry_key(service, "seen")],
-            args=[service, host, json.dumps(info, separators=(",", ":"), default=str)],
+            keys=[registry_key("services"), registry_key(service), registry_key(service, "seen"),
+                  registry_key(service, "versions")],
+            args=[service, host, json.dumps(info, separators=(",", ":"), default=str),
+                  str(info.get("rpc_api_version") or "")],
         )
         return float(_text(stamp))
+
+    def publish_api(self, api: ServiceAPI) -> None:
+        """Publish the API of ``api.service`` at ``api.version`` for callers."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(registry_key("services"), api.service)
+        pipe.hset(registry_key(api.service, "api"), api.version,
+                  json.dumps(api.to_doc(), separators=(",", ":")))
+        pipe.execute()
 
     def remove(self, service: str, host: str) -> None:
         """Forget ``service`` on ``host`` at once (a node leaving on purpose)."""
@@ -169,6 +189,42 @@ class Registry:
     def hosts(self, service: str, *, only_up: bool = True) -> builtins.list[str]:
         """Hosts of ``service``: by default only those up (reporting and not disabled)."""
         return [r.host for r in self.list(service) if r.is_up or not only_up]
+
+    def apis(self, service: str) -> dict[str, tuple[ServiceAPI, float]]:
+        """Every published API version of ``service``: the API and seconds since a node of it
+        last reported (``inf`` when none has). Documents that cannot be read are left out."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hgetall(registry_key(service, "api"))
+        pipe.hgetall(registry_key(service, "versions"))
+        (seconds, micros), docs, seen = pipe.execute()
+        now = float(seconds) + float(micros) / 1e6
+        found: dict[str, tuple[ServiceAPI, float]] = {}
+        for version, raw in docs.items():
+            try:
+                api = ServiceAPI.from_doc(json.loads(raw))
+            except ValueError:
+                continue
+            last = seen.get(version)
+            found[_text(version)] = (api, now - float(_text(last)) if last else float("inf"))
+        return found
+
+    def api(self, service: str, version: str | None = None) -> ServiceAPI | None:
+        """The API a caller should speak to ``service``; None when no node has published one.
+
+        With ``version``, that version's document when published. Otherwise the
+        lowest version a live node serves (so that every node takes the
+        request), or when no node is live, the one seen last.
+        """
+        apis = self.apis(service)
+        if not apis:
+            return None
+        if version is not None and version in apis:
+            return apis[version][0]
+        live = [v for v, (_, age) in apis.items() if age <= self.service_down_time]
+        if live:
+            return apis[min(live, key=version_key)][0]
+        return min(apis.values(), key=lambda entry: entry[1])[0]
 
     def alive_hosts(self, service: str) -> builtins.list[str]:
         """Hosts of ``service`` that report in time, disabled ones included.

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from drivers.loading import load_manager_class
 from managers.base import Manager, PeriodicSpec
+from workers.core.api import ServiceAPI
 from workers.core.binding import Binder
 from workers.core.config import Config, ServiceConfig
 from workers.core.keys import task_name
@@ -33,6 +33,10 @@ class ServiceSpec:
 
     def task_name(self, method: str) -> str:
         return task_name(self.name, method)
+
+    def api(self) -> ServiceAPI:
+        """What nodes of this service publish for callers."""
+        return ServiceAPI.from_manager(self.name, self.manager_cls, self.binders)
 
     def binder(self, method: str) -> Binder:
         """The endpoint's binder; :class:`UnknownEndpoint` listing the endpoints otherwise."""
@@ -73,19 +77,3 @@ def build_spec(service: ServiceConfig) -> ServiceSpec:
 def build_specs(config: Config) -> dict[str, ServiceSpec]:
     """Every configured service's spec."""
     return {name: build_spec(service) for name, service in config.services.items()}
-
-
-def expand_options(options: Mapping[str, Any], config: Config) -> dict[str, Any]:
-    """Replace ``{host}`` and ``{state_dir}`` in string options with this node's values."""
-    state_dir = str(config.state_dir)
-
-    def expand(value: Any) -> Any:
-        if isinstance(value, str):
-            return value.replace("{host}", config.host).replace("{state_dir}", state_dir)
-        if isinstance(value, list):
-            return [expand(v) for v in value]
-        if isinstance(value, dict):
-            return {k: expand(v) for k, v in value.items()}
-        return value
-
-    return {key: expand(value) for key, value in options.items()}

@@ -52,8 +52,14 @@ class Heartbeat(threading.Thread):
         self.stopped = threading.Event()
         self.report_count = 0
         self.failing = False
+        #: Whether the APIs of the node's services are published (at the first good beat).
+        self.published = False
 
     def beat(self) -> None:
+        """Report every service (publishing their APIs first, once, for callers)."""
+        if not self.published:
+            self.node.publish_apis()
+            self.published = True
         self.report_count += 1
         for service, manager in self.node.managers.items():
             try:
@@ -143,6 +149,11 @@ class Node:
             except Exception as exc:
                 log.warning("could not clear pending periodic runs of %s: %s", self.host, exc)
             self.scheduler.start()
+
+    def publish_apis(self) -> None:
+        """Publish the API of every service of this node, for callers without their code."""
+        for service in self.managers:
+            self.registry.publish_api(self.app.spec(service).api())
 
     def leave(self) -> None:
         """Stop reporting and leave the registry at once (warm shutdown has begun)."""
