@@ -10,18 +10,14 @@ from typing import Any
 
 import fakeredis
 import pytest
-from celery.contrib.testing.worker import start_worker
 
 from managers.base import Manager
 from workers.core.application import Taskyard, set_default_app
 from workers.core.config import Config, load_config
+from workers.testing import InProcessNode, in_memory
 
 #: The repository: its settings.toml is the reference fleet the tests run.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-#: Where unit tests keep records: a URL nothing listens on, served by fakeredis.
-FAKE_RECORDS_URL = "redis://fakeredis.invalid:6379/0"
-
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
@@ -54,15 +50,9 @@ def make_config(env: dict[str, str] | None = None, **overrides: Any) -> Config:
     return config.with_overrides(**overrides) if overrides else config
 
 
-def memory_config(base: Config, records_url: str = FAKE_RECORDS_URL, **overrides: Any) -> Config:
-    """``base`` on the in-process transport (memory broker and results), records at a URL.
-
-    The memory transport is polled; polling every 10 ms keeps unit tests quick.
-    """
-    return base.with_overrides(
-        records_url=records_url, broker_url="memory://", result_backend="cache+memory://",
-        broker_transport_options={"polling_interval": 0.01}, **overrides,
-    )
+def memory_config(base: Config, **overrides: Any) -> Config:
+    """``base`` on the in-process transport, records at the fake URL (the kit's ``in_memory``)."""
+    return in_memory(base, **overrides)
 
 
 def make_app(config: Config, redis: Any = None) -> Taskyard:
@@ -94,16 +84,15 @@ def unit_app(unit_config: Config, fake_redis: fakeredis.FakeRedis) -> Iterator[T
 
 def manager_of(app: Taskyard, service: str) -> Manager:
     """The manager of ``service`` in this process of an in-process node of ``app``."""
-    return app.tasks[f"{service}.ping"].managers.get(service)  # type: ignore[attr-defined, no-any-return]
+    return InProcessNode(app=app, queues=()).manager(service)
 
 
 @contextmanager
 def in_process_worker(app: Taskyard, queues: list[str],
                       concurrency: int = 2) -> Iterator[Taskyard]:
-    """A node of ``app`` in this process (threads pool), consuming ``queues``.
+    """A node of ``app`` in this process (the kit's ``InProcessNode``), consuming ``queues``.
 
     Starting and stopping one takes seconds, so modules share one.
     """
-    with start_worker(app, pool="threads", concurrency=concurrency, perform_ping_check=False,
-                      queues=queues, shutdown_timeout=10):
+    with InProcessNode(app=app, queues=queues, concurrency=concurrency):
         yield app

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +15,9 @@ from workers.cli.embedded import RedisServer
 from workers.core.application import Taskyard
 from workers.core.config import Config
 from workers.core.registry import Registry
+from workers.testing import NodeProcess
+from workers.testing import node_environment as kit_environment
+from workers.testing.kit import NODE_START_TIMEOUT_S
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -27,103 +26,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.integration)
 
-#: Seconds a node may take to start and report itself up.
-NODE_START_TIMEOUT_S = 60.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-              interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
 
 def node_environment(redis_url: str, state_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a node or CLI process: testing settings on the private Redis."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKYARD_", "DYNACONF_"))}
-    env.update({
+    """The environment of a node or CLI process: testing settings on the private Redis.
+
+    Heartbeats every 0.5 s and down after 3 s (documented settings), so a fleet
+    forms and notices a dead node quickly.
+    """
+    return kit_environment(redis_url, state_dir, **{
         "TASKYARD_ENV": "testing",
-        "TASKYARD_REDIS_URL": redis_url,
-        "TASKYARD_STATE_DIR": str(state_dir),
         "TASKYARD_REPORT_INTERVAL": "0.5",
         "TASKYARD_SERVICE_DOWN_TIME": "3",
         "TASKYARD_RPC_TIMEOUT": "20",
-        "PYTHONUNBUFFERED": "1",
+        **extra,
     })
-    env.update(extra)
-    return env
 
 
-class Node:
-    """``taskyard worker`` as a real process tree."""
+class Node(NodeProcess):
+    """``taskyard worker`` as a real process tree, run from the repository (its settings)."""
 
     def __init__(self, host: str, env: dict[str, str], log_path: Path,
                  services: Sequence[str] = (), pool: str = "prefork",
                  concurrency: int = 2, command: Sequence[str] | None = None) -> None:
-        self.host = host
-        self.env = env
-        self.log_path = log_path
-        self.services = list(services)
-        self.command = list(command) if command else [
-            sys.executable, "-m", "workers.cli", "worker", *self.services,
-            "--host", host, "--pool", pool, "--concurrency", str(concurrency),
-            "--loglevel", "INFO",
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(host, env, log_path, services=services, pool=pool,
+                         concurrency=concurrency, command=command, cwd=REPO_ROOT)
 
-    def start(self) -> Node:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.command, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        log.close()
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_up(self, registry: Registry, services: Sequence[str] = ("volume",),
+    def wait_up(self, registry: Registry, services: Sequence[str] | None = ("volume",),
                 timeout: float = NODE_START_TIMEOUT_S) -> Node:
-        def up() -> bool:
-            if not self.alive():
-                raise AssertionError(f"node {self.host} exited:\n{self.log()[-3000:]}")
-            return all(registry.is_up(s, self.host) for s in services)
-
-        wait_for(up, timeout, f"node {self.host} to report {', '.join(services)} up")
+        super().wait_up(registry, services, timeout)
         return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Send ``sig`` to the node's main process and return its exit code."""
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.process.returncode
-
-    def kill(self) -> None:
-        """SIGKILL the whole process tree, as a crash of the machine would."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")

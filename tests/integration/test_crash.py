@@ -19,12 +19,13 @@ import redis
 
 from managers.records import RecordStore
 from tests.integration import faults
-from tests.integration.conftest import Node, node_environment, wait_for
+from tests.integration.conftest import Node, node_environment
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
 from workers.core.config import Config
 from workers.core.registry import Registry
+from workers.testing import wait_for
 
 GIB = 1024**3
 VISIBILITY_TIMEOUT_S = 3

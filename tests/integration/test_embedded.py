@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import node_environment, run_cli, wait_for
+from tests.integration.conftest import node_environment, run_cli
 from workers.cli.embedded import RedisServer, find_redis_server, free_port
+from workers.testing import wait_for
 
 
 def test_up_starts_a_private_redis_where_the_settings_point_so_other_commands_find_it(

@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Node, run_cli, wait_for
+from tests.integration.conftest import Node, run_cli
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
 from workers.core.registry import Registry
 from workers.exceptions import NoValidHost
+from workers.testing import wait_for
 
 RECONCILE_S = 0.5
 

@@ -17,13 +17,14 @@ import pytest
 import redis
 
 from tests.conftest import make_app, make_config
-from tests.integration.conftest import Node, run_cli, wait_for
+from tests.integration.conftest import Node, run_cli
 from tests.integration.versions import settings_file
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client, Handle
 from workers.core.application import Taskyard
 from workers.core.deadletters import DeadLetters
 from workers.exceptions import InvalidRequest, UnknownEndpoint, UnsupportedVersion
+from workers.testing import wait_for
 
 HOST = "hostile-node"
 QUEUE = f"volume.{HOST}"

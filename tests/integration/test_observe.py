@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 
 from tests.integration import browser
-from tests.integration.conftest import Node, node_environment, run_cli, wait_for
+from tests.integration.conftest import Node, node_environment, run_cli
 from workers.cli.embedded import free_port
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
 from workers.core.registry import Registry
 from workers.exceptions import NotFound
+from workers.testing import wait_for
 
 AUTH = "watcher:correct-horse"
 DOCS = Path(__file__).resolve().parents[2] / "docs"

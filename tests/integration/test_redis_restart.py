@@ -23,13 +23,14 @@ import redis
 from managers.records import RecordStore
 from tests.conftest import make_app, make_config
 from tests.integration import faults
-from tests.integration.conftest import Node, node_environment, wait_for
+from tests.integration.conftest import Node, node_environment
 from workers.cli.embedded import RedisServer, free_port
 from workers.client.rpc import Client, Handle
 from workers.core.application import Taskyard
 from workers.core.config import Config
 from workers.core.registry import Registry
 from workers.exceptions import TaskyardError, Timeout, Unavailable
+from workers.testing import wait_for
 
 CASTS = 200
 #: Seconds each create takes on the nodes: long enough that all four pool processes

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.conftest import Node, node_environment, run_cli, wait_for
+from tests.integration.conftest import Node, node_environment, run_cli
 from workers.cli.embedded import RedisServer, answers, find_redis_server
 from workers.core.registry import Registry
+from workers.testing import wait_for
 
 ADMIN_PASSWORD = "admin-pw-7f3a"
 NODE_PASSWORD = "node-pw-91bc"

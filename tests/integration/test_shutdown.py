@@ -19,11 +19,12 @@ import redis
 from celery import Celery
 
 from tests.integration import faults
-from tests.integration.conftest import Node, node_environment, wait_for
+from tests.integration.conftest import Node, node_environment
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.config import Config
 from workers.core.registry import Registry
+from workers.testing import wait_for
 
 SLOW = faults.SLOW_SERVICE
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tests.integration.conftest import Node, run_cli, wait_for
+from tests.integration.conftest import Node, run_cli
 from workers.client.rpc import Client, Handle
 from workers.core.application import Taskyard
 from workers.core.registry import Registry
@@ -29,6 +29,7 @@ from workers.exceptions import (
     UnknownEndpoint,
     UnknownService,
 )
+from workers.testing import wait_for
 
 
 @pytest.fixture(scope="module")

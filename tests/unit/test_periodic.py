@@ -19,7 +19,6 @@ from workers.core.config import Config, ServiceConfig
 from workers.core.specs import build_spec
 from workers.exceptions import ConfigError, UnknownEndpoint
 
-RECORDS_URL = "redis://fakeredis.invalid:6379/1"
 _running = 0
 _most_at_once = 0
 _lock = threading.Lock()
@@ -64,7 +63,7 @@ def config() -> Config:
     base = make_config(env={"TASKYARD_ENV": "testing"})
     tick = ServiceConfig(name="tick", manager=f"{__name__}:TickManager", driver="os.path",
                          periodic={"count": 0.1})
-    return memory_config(base, RECORDS_URL, host="node-p", services={"tick": tick})
+    return memory_config(base, host="node-p", services={"tick": tick})
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -16,6 +17,7 @@ from celery.bin.celery import celery as celery_command
 
 from workers.cli import embedded
 from workers.cli.flower import run_flower, start_flower_process, url
+from workers.cli.scaffold import package_name, scaffold
 from workers.cli.status import gather, render
 from workers.client.progress import wait_with_progress
 from workers.client.rpc import Client
@@ -185,6 +187,22 @@ def up(host: str | None, concurrency: int, pool: str, loglevel: str, with_flower
             flower.wait(10)
         if server is not None:
             server.stop()
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=True, path_type=Path))
+@click.option("--name", help="The project's name (default: the directory's); its package and "
+                             "service take it too.")
+@reports_errors
+def init(directory: Path, name: str | None) -> None:
+    """Make a new project in DIRECTORY: one service with its drivers, settings and tests."""
+    written = scaffold(directory, name)
+    package = package_name(name or directory.resolve().name)
+    click.echo(f"taskyard: made {len(written)} files in {directory}:")
+    for path in written:
+        click.echo(f"  {path.relative_to(directory)}")
+    click.echo(f"next: cd {directory} && pip install -e '.[test]' && pytest && taskyard up\n"
+               f"then, in another shell: taskyard call {package} digest text=hello")
 
 
 # -- requests ----------------------------------------------------------------

@@ -228,7 +228,7 @@ def read_settings(where: SettingsFiles) -> tuple[str, dict[str, Any]]:
 
     Reads the files and this process's ``TASKYARD_*`` environment variables.
     """
-    env = os.environ.get("TASKYARD_ENV", DEFAULT_ENV)
+    env = os.environ.get("TASKYARD_ENV") or DEFAULT_ENV
     if env not in ENVIRONMENTS:
         raise ConfigError(f"TASKYARD_ENV = {env!r}: expected one of {', '.join(ENVIRONMENTS)}")
     try:
