@@ -7,10 +7,10 @@ by ``tests/integration/test_installed.py``.
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from click.testing import CliRunner
 
 from workers.cli.main import main
