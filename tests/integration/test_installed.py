@@ -1,11 +1,13 @@
 """taskyard as users get it: a wheel in fresh virtualenvs, far from this checkout.
 
-One run of the whole story: build the wheel; install it (with the testing
-kit) into a fresh venv; ``taskyard init demo`` in an empty directory;
-``pip install -e .`` there and run the project's own tests; start its node
-with ``taskyard up`` (on a private Redis, since nothing answers where the
-settings point); then, from a second fresh venv that has only the wheel —
-no project package, no settings — describe the service and call it.
+One run of the whole story, as the README's "Use taskyard in your own
+project" writes it (its ``<!-- readme: outside -->`` blocks, run word for
+word): build the wheel; install it (with the testing kit) into a fresh venv;
+``taskyard init demo`` in an empty directory; ``pip install -e '.[test]'``
+there and run the project's own tests; start its node with ``taskyard up``
+(on a private Redis, since nothing answers where the settings point); then,
+from a second fresh venv that has only the wheel — no project package, no
+settings — describe the service and call it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.integration.test_readme import blocks, lines, matches, sessions
 from workers.cli.embedded import free_port
 from workers.testing import wait_for
 
@@ -40,8 +43,9 @@ def run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 300,
 def venv(path: Path, *requirements: str, env: dict[str, str]) -> Path:
     """A fresh virtualenv at ``path`` with ``requirements``; its bin directory."""
     run([sys.executable, "-m", "venv", str(path)], cwd=path.parent, env=env)
-    run([str(path / "bin" / "pip"), "install", "--quiet", *requirements], cwd=path.parent,
-        env=env, timeout=PIP_TIMEOUT_S)
+    if requirements:
+        run([str(path / "bin" / "pip"), "install", "--quiet", *requirements], cwd=path.parent,
+            env=env, timeout=PIP_TIMEOUT_S)
     return path / "bin"
 
 
@@ -56,7 +60,7 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obje
          str(REPO_ROOT)], cwd=root, env=env, timeout=PIP_TIMEOUT_S)
     (wheel,) = (root / "dist").glob("taskyard-*.whl")
     assert not list(REPO_ROOT.glob("*.egg-info")) and not (REPO_ROOT / "build").exists()
-    user = venv(root / "user-venv", f"{wheel}[testing]", env=env)
+    user = venv(root / "user-venv", env=env)
     caller = venv(root / "caller-venv", str(wheel), env=env)
     yield {"root": root, "env": env, "user": user, "caller": caller}
 
@@ -66,23 +70,25 @@ def with_bin(env: dict[str, str], bin_dir: Path, **extra: str) -> dict[str, str]
             "VIRTUAL_ENV": str(bin_dir.parent), **extra}
 
 
-def test_a_project_made_by_init_installs_tests_runs_and_is_called_without_its_code(
+def test_the_readme_story_of_a_project_of_your_own_runs_as_written(
     outside: dict[str, object],
 ) -> None:
     root, env = Path(str(outside["root"])), dict(outside["env"])  # type: ignore[call-overload]
     user, caller = Path(str(outside["user"])), Path(str(outside["caller"]))
-    work = root / "work"
-    work.mkdir()
+    story, call, describe = [b for b in blocks() if b.kind == "outside"]
+    install, *steps, up_command = lines(story)
+    assert up_command == "taskyard up"
     user_env = with_bin(env, user)
 
-    made = run([str(user / "taskyard"), "init", "demo"], cwd=work, env=user_env)
+    # The wheel was built into root/dist: the README's install line works there as written.
+    run(["bash", "-e", "-c", install], cwd=root, env=user_env, timeout=PIP_TIMEOUT_S)
+    work = root / "work"
+    work.mkdir()
+    made = run(["bash", "-e", "-c", "\n".join(steps)], cwd=work, env=user_env,
+               timeout=PIP_TIMEOUT_S)
     assert "made 8 files" in made.stdout
+    assert "5 passed" in made.stdout, made.stdout[-2000:]
     project = work / "demo"
-    run([str(user / "pip"), "install", "--quiet", "-e", "."], cwd=project, env=user_env,
-        timeout=PIP_TIMEOUT_S)
-    tests = run([str(user / "pytest"), "-q", "-p", "no:cacheprovider"], cwd=project,
-                env=user_env)
-    assert "5 passed" in tests.stdout, tests.stdout
 
     config = json.loads(run([str(user / "taskyard"), "config"], cwd=project,
                             env=user_env).stdout)
@@ -94,9 +100,9 @@ def test_a_project_made_by_init_installs_tests_runs_and_is_called_without_its_co
     node_env = with_bin(user_env, user, TASKYARD_REDIS_URL=url, TASKYARD_HOST="demo-node")
     log = root / "up.log"
     with log.open("wb") as out:
-        up = subprocess.Popen([str(user / "taskyard"), "up", "--pool", "solo"], cwd=project,
-                              env=node_env, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+        up = subprocess.Popen(["bash", "-c", f"exec {up_command}"], cwd=project, env=node_env,
+                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              start_new_session=True)
     try:
         wait_for(lambda: "demo ready on demo-node" in log.read_text(), 60,
                  "the demo node to be ready")
@@ -107,17 +113,10 @@ def test_a_project_made_by_init_installs_tests_runs_and_is_called_without_its_co
                                     env=caller_env, capture_output=True, text=True)
         assert importable.returncode != 0 and "No module named 'demo'" in importable.stderr
 
-        described = run([str(caller / "taskyard"), "describe", "demo"], cwd=elsewhere,
-                        env=caller_env)
-        assert "demo  API 1.0  (served now)" in described.stdout
-        assert "  digest(text: str)" in described.stdout
-        call = ("from workers import Client, InvalidRequest\n"
-                "demo = Client('demo')\n"
-                "print(demo.call('digest', text='hello')['host'])\n"
-                "try:\n    demo.cast('digest', text=5)\n"
-                "except InvalidRequest as exc:\n    print('refused:', exc)\n"
-                "print(demo.fanout('ping'))\n")
-        called = run([str(caller / "python"), "-c", call], cwd=elsewhere, env=caller_env)
+        for command, expected in sessions(describe):
+            shown = run(["bash", "-c", command], cwd=elsewhere, env=caller_env)
+            assert matches(expected, shown.stdout), shown.stdout
+        called = run([str(caller / "python"), "-c", call.body], cwd=elsewhere, env=caller_env)
         assert called.stdout.splitlines() == [
             "demo-node",
             "refused: demo.digest: argument 'text' must be str, got int 5",
