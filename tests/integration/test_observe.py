@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from tests.integration import browser
 from tests.integration.conftest import Node, node_environment, run_cli
 from workers.cli.embedded import free_port
@@ -160,6 +161,28 @@ def test_flowers_metrics_count_the_same_events(flower: str, calls: dict) -> None
 def test_the_api_needs_the_credentials(flower: str) -> None:
     assert http_get(f"{flower}/api/tasks", auth=None)[0] == 401
     assert http_get(f"{flower}/api/tasks", auth="watcher:wrong")[0] == 401
+
+
+def test_without_credentials_configured_the_api_refusal_names_taskyards_setting(
+    watched_env: dict[str, str], state_dir: Path,
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in watched_env.items() if not k.startswith("TASKYARD_FLOWER__")}
+    env["TASKYARD_FLOWER__PORT"] = str(port)
+    with (state_dir / "flower-open.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "workers.cli", "flower"], env=env,
+                                   cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(f"{base}/healthcheck", auth=None)[0] == 200, 30,
+                 "Flower to answer /healthcheck")
+        status, body = http_get(f"{base}/api/tasks", auth=None)
+        assert status == 401
+        assert "flower.unauthenticated_api = true" in body and "FLOWER_UNAUTH" not in body
+    finally:
+        process.terminate()
+        process.wait(15)
 
 
 def test_fanout_messages_are_recognisable_in_flower(

@@ -60,7 +60,8 @@ def test_a_wrong_password_is_a_clear_error_to_the_caller(acl_redis: RedisServer,
     env = node_environment(acl_url(acl_redis, "wrong"), tmp_path / "state")
     done = run_cli(env, "call", "volume", "ping", "--timeout", "5")
     assert done.returncode == 1
-    assert "Unavailable: cannot reach the broker" in done.stderr
+    assert "Unavailable: cannot reach Redis at records_url redis://taskyard:****@" in done.stderr
+    assert "the request was not sent" in done.stderr
     assert "invalid username-password pair" in done.stderr or "WRONGPASS" in done.stderr
 
 

@@ -105,3 +105,13 @@ def test_celerys_consumer_has_the_hooks_the_dead_letter_consumer_overrides() -> 
 
 def test_celerys_backends_rebuild_exceptions_in_exception_to_python() -> None:
     assert list(inspect.signature(Backend.exception_to_python).parameters) == ["self", "exc"]
+
+
+# -- workers.cli.flower --------------------------------------------------------------------
+
+
+def test_flowers_api_handler_refuses_unauthenticated_requests_in_prepare() -> None:
+    from flower.api import BaseApiHandler
+
+    source = inspect.getsource(BaseApiHandler.prepare)
+    assert "raise tornado.web.HTTPError(" in source and "401" in source

@@ -58,14 +58,47 @@ def url(config: Config) -> str:
     return f"http://{host}:{config.flower.port}/"
 
 
+#: What Flower's API answers a request without credentials, in taskyard's settings' words.
+UNAUTHENTICATED_API = (
+    "Flower's API needs credentials: set flower.basic_auth (in .secrets.toml or "
+    "TASKYARD_FLOWER__BASIC_AUTH), or flower.unauthenticated_api = true "
+    "(TASKYARD_FLOWER__UNAUTHENTICATED_API=true) to let it answer without them"
+)
+
+
+def name_our_settings_in_refusals(handler: Any) -> None:
+    """Make Flower's API refusal name taskyard's settings rather than Flower's variable.
+
+    Wraps ``flower.api.BaseApiHandler.prepare`` (Flower 2.2; ``tests/unit/test_canaries.py``
+    checks its shape), which raises a 401 naming ``FLOWER_UNAUTHENTICATED_API``.
+    """
+    import tornado.web  # Flower's web framework: installed with Flower, the optional extra
+
+    original = handler.prepare
+    if getattr(original, "taskyard", False):
+        return
+
+    def prepare(self: Any) -> None:
+        try:
+            original(self)
+        except tornado.web.HTTPError as exc:
+            if exc.status_code == 401:
+                raise tornado.web.HTTPError(401, UNAUTHENTICATED_API) from None
+            raise
+
+    prepare.taskyard = True  # type: ignore[attr-defined]
+    handler.prepare = prepare
+
+
 def run_flower(app: Any, config: Config) -> int:
     """Serve Flower in this process until stopped; its exit code."""
     try:
-        import flower  # noqa: F401
+        from flower.api import BaseApiHandler
     except ImportError:
         raise ConfigError(
-            "Flower is not installed: pip install -e '.[flower]'"
+            "Flower is not installed: pip install 'taskyard[flower]'"
         ) from None
+    name_our_settings_in_refusals(BaseApiHandler)
     check_exposure(config)
     os.environ.update(flower_environment(config))
     celery_command.params[0].default = app

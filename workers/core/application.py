@@ -181,10 +181,12 @@ class Taskyard(Celery):
             api = self.registry.api(service, version)
         except redis.RedisError as exc:
             raise Unavailable(
-                f"cannot reach Redis at records_url {mask_url(self.config.records_url)} to read "
-                f"the API of {service}: {exc}; nothing was sent"
+                f"cannot reach Redis at records_url {mask_url(self.config.records_url)} to look "
+                f"up the endpoints of {service}: {exc}; the request was not sent"
             ) from exc
-        self._apis[key] = (now, api)
+        if version is None or (api is not None and api.version == version):
+            # A version asked for and not published yet is looked for again next time.
+            self._apis[key] = (now, api)
         return api
 
     @property
