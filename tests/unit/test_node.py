@@ -47,6 +47,9 @@ class FakeNode:
         self.managers = {"volume": BrokenCapabilities()}
         self.published = 0
 
+    def housekeeping(self) -> None:
+        self.housekept = getattr(self, "housekept", 0) + 1
+
     def publish_apis(self) -> None:
         self.registry.report("volume", self.host, {"publishing": True})  # fails like a report
         self.published += 1

@@ -1,7 +1,8 @@
 """``taskyard status``: the fleet on one screen, read from Redis.
 
 Nodes per service and their state (from the registry), the length of every
-queue (shared and per host), and the requests running now with their
+queue (shared and per host, and any non-empty queue, marked when no live node
+consumes it: a host that is gone, or never was), and the requests running now with their
 progress (asked of the nodes through Celery's remote control, which is
 best effort: a node too busy to answer within the timeout is left out and
 named as such).
@@ -17,21 +18,47 @@ from celery.result import AsyncResult
 
 from workers.core.application import Taskyard
 from workers.core.keys import PROGRESS, host_queue
+from workers.core.registry import ServiceRecord
 
 
-def queue_lengths(app: Taskyard, hosts: dict[str, list[str]]) -> dict[str, int]:
-    """Messages waiting in each queue of each configured service (Redis lists)."""
+def queue_lengths(app: Taskyard, records: list[ServiceRecord]) -> dict[str, int]:
+    """Messages waiting in each queue (Redis lists) of every service known here or registered.
+
+    The shared queue and each registered host's queue of every service, and
+    any other non-empty ``<service>.<host>`` queue: one for a host that is
+    gone, or that never existed, is listed too.
+    """
     config = app.config
-    names = []
-    for service in config.services:
-        names.append(service)
-        names += [host_queue(service, host) for host in hosts.get(service, [])]
     if not config.broker_url.startswith(("redis://", "rediss://", "unix://")):
         return {}
-    pipe = app.redis(config.broker_url).pipeline(transaction=False)
-    for name in names:
+    services = set(config.services) | {r.service for r in records}
+    names = services | {host_queue(r.service, r.host) for r in records}
+    client = app.redis(config.broker_url)
+    for service in services:
+        names.update(_text(key) for key in client.scan_iter(match=f"{service}.*", count=1000,
+                                                             _type="list"))
+    ordered = sorted(names)
+    pipe = client.pipeline(transaction=False)
+    for name in ordered:
         pipe.llen(name)
-    return dict(zip(names, pipe.execute(), strict=True))
+    return dict(zip(ordered, pipe.execute(), strict=True))
+
+
+def orphans(queues: dict[str, int], records: list[ServiceRecord]) -> list[str]:
+    """The non-empty queues no live node consumes (their messages wait for a node to come)."""
+    alive = {(r.service, r.host) for r in records if r.alive}
+    served = {service for service, _ in alive}
+    found = []
+    for name, length in sorted(queues.items()):
+        service, _, host = name.partition(".")
+        consumed = (service, host) in alive if host else service in served
+        if length and not consumed:
+            found.append(name)
+    return found
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def running(app: Celery, timeout: float) -> tuple[list[dict[str, Any]], list[str]]:
@@ -54,17 +81,16 @@ def gather(app: Taskyard, inspect_timeout: float = 1.0) -> dict[str, Any]:
     """Everything ``taskyard status`` shows, as data."""
     records = app.registry.list()
     services: dict[str, dict[str, Any]] = {}
-    hosts: dict[str, list[str]] = {}
     for record in records:
         entry = services.setdefault(record.service, {"states": Counter(), "hosts": []})
         entry["states"][record.state] += 1
         entry["hosts"].append({"host": record.host, "state": record.state,
                                "age": None if record.age == float("inf") else record.age})
-        hosts.setdefault(record.service, []).append(record.host)
     for entry in services.values():
         entry["states"] = dict(entry["states"])
+    queues = queue_lengths(app, records)
     tasks, answered = running(app, inspect_timeout)
-    return {"services": services, "queues": queue_lengths(app, hosts),
+    return {"services": services, "queues": queues, "orphans": orphans(queues, records),
             "running": tasks, "answered": answered}
 
 
@@ -78,8 +104,10 @@ def render(status: dict[str, Any]) -> str:
         hosts = " ".join(f"{h['host']}({h['state']})" for h in entry["hosts"])
         lines.append(f"  {service:<12} {counts:<24} {hosts}")
     lines.append("QUEUES")
+    orphaned = set(status.get("orphans", ()))
     for name, length in sorted(status["queues"].items()):
-        lines.append(f"  {name:<30} {length:>6} waiting")
+        mark = "  (no live node consumes it)" if name in orphaned else ""
+        lines.append(f"  {name:<30} {length:>6} waiting{mark}")
     lines.append(f"RUNNING  (nodes answering: {len(status['answered'])})")
     if not status["running"]:
         lines.append("  (nothing running)")

@@ -36,6 +36,8 @@ from workers.exceptions import Unavailable
 
 #: The worker bootstep that makes a Celery worker a taskyard node (workers.node).
 NODE_STEP = "workers.node.node:NodeStep"
+#: The consumer bootstep that takes the node's in-flight messages back at each connection.
+RECOVER_STEP = "workers.node.recovery:RecoverStep"
 #: The consumer that dead-letters what it cannot run (workers.extensions).
 CONSUMER = "workers.extensions.consumer:Consumer"
 #: kombu's Redis transport, guarded against poison entries.
@@ -61,10 +63,28 @@ RESULT_RETRY_POLICY = {"max_retries": 5, "interval_start": 0, "interval_step": 0
                        "interval_max": 1}
 
 
+#: The visibility sweep runs every tenth of ``visibility_timeout``, within these bounds (s).
+SWEEP_INTERVAL_BOUNDS_S = (1, 60)
+
+
+def sweep_interval(visibility_timeout: int) -> int:
+    """Seconds between two scans of kombu's visibility sweep for ``visibility_timeout``.
+
+    kombu scans every ``unacked_restore_interval * unacked_restore_throttle``
+    seconds (10 x 10 by default, whatever the timeout): taskyard scans every
+    tenth of the timeout (1 to 60 s, throttle 1), so a message nothing else
+    restores comes back at most that long after ``visibility_timeout``.
+    """
+    low, high = SWEEP_INTERVAL_BOUNDS_S
+    return max(low, min(high, visibility_timeout // 10))
+
+
 def transport_options(config: Config) -> dict[str, Any]:
     """kombu's Redis transport options for the broker (``broker_transport_options`` last)."""
     options: dict[str, Any] = {
         "visibility_timeout": config.visibility_timeout,
+        "unacked_restore_interval": sweep_interval(config.visibility_timeout),
+        "unacked_restore_throttle": 1,
         "socket_timeout": SOCKET_TIMEOUT_S,
         "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT_S,
         "socket_keepalive": True,
@@ -154,6 +174,7 @@ class Taskyard(Celery):
         self.conf.update(celery_settings(config))
         self.loader.override_backends = dict(BACKENDS)
         self.steps["worker"].add(NODE_STEP)
+        self.steps["consumer"].add(RECOVER_STEP)
 
     @cached_property
     def specs(self) -> dict[str, ServiceSpec]:

@@ -48,6 +48,8 @@ DEFAULT_ENV = "development"
 
 #: ``service_down_time`` must be at least this many report intervals.
 MIN_DOWN_TIME_INTERVALS = 2.5
+#: ``visibility_timeout`` must be at least this many report intervals.
+MIN_VISIBILITY_INTERVALS = 3
 
 #: dynaconf's own bookkeeping keys, never part of taskyard's settings.
 _INTERNAL_KEYS = frozenset({"SETTINGS", "ENV", "LOAD_DOTENV", "ENV_FOR_DYNACONF", "ROOT_PATH"})
@@ -433,6 +435,14 @@ def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
             f"({MIN_DOWN_TIME_INTERVALS * report_interval:g} s); a shorter time reports live "
             "nodes as down"
         )
+    visibility_timeout = int(get(raw, "visibility_timeout"))
+    if visibility_timeout < MIN_VISIBILITY_INTERVALS * report_interval:
+        raise ConfigError(
+            f"settings key 'visibility_timeout' = {visibility_timeout}: expected at least "
+            f"{MIN_VISIBILITY_INTERVALS} x report_interval "
+            f"({MIN_VISIBILITY_INTERVALS * report_interval:g} s): nodes keep the messages they "
+            "run visible at every heartbeat, and a shorter timeout would hand them out twice"
+        )
     tls_files = {name: get(raw, f"tls.{name}") for name in ("ca_certs", "certfile", "keyfile")}
     return Config(
         env=env,
@@ -442,7 +452,7 @@ def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
         records_url=get(raw, "records_url") or redis_url,
         host=get(raw, "host") or socket.gethostname(),
         rpc_timeout=float(get(raw, "rpc_timeout")),
-        visibility_timeout=int(get(raw, "visibility_timeout")),
+        visibility_timeout=visibility_timeout,
         result_expires=int(get(raw, "result_expires")),
         report_interval=report_interval,
         service_down_time=down_time,

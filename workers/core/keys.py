@@ -61,3 +61,24 @@ def deadletters_key(service: str) -> str:
 def periodic_pending_key(service: str, host: str, name: str) -> str:
     """Holds the task id of the run of ``name`` that ``host`` has sent and not finished."""
     return key("periodic", service, host, name)
+
+
+#: The in-flight ledger (see :mod:`workers.extensions.transport`): delivery tag -> host
+#: holding the message, and the hosts that hold any.
+INFLIGHT_OWNERS_KEY = key("inflight")
+INFLIGHT_HOSTS_KEY = key("inflight-hosts")
+
+
+def inflight_key(host: str) -> str:
+    """The messages ``host`` holds: delivery tag -> when it took it."""
+    return key("inflight", "host", host)
+
+
+def claim_key(host: str) -> str:
+    """Held by the live node named ``host`` (one node per host name)."""
+    return key("claim", host)
+
+
+def recovery_lock_key(host: str) -> str:
+    """Held by the one live node putting a dead ``host``'s messages back."""
+    return key("recovering", host)

@@ -1,7 +1,10 @@
-"""kombu's Redis transport, guarded against envelopes that would stop a node.
+"""kombu's Redis transport, guarded against envelopes that would stop a node, with a ledger.
 
 It also reuses one Redis client per channel where kombu makes a new one
-for every command.
+for every command, and keeps an in-flight ledger (:class:`QoS`): which node
+holds each message it has taken and not acknowledged, so that a node
+restarting, or a live node when one dies, puts that node's messages back at
+once instead of waiting for the visibility sweep.
 
 One malformed entry pushed into a queue's Redis list (not JSON, truncated
 JSON, JSON that is not an envelope) makes kombu's Redis channel raise out of
@@ -20,21 +23,27 @@ Private internals of kombu 5.7 this relies on, each checked by
 ``tests/unit/test_canaries.py``: ``Channel._brpop_read`` and ``Channel._get``
 read entries with the module-global ``loads``; ``Channel._queue_cycle`` has
 ``update``/``consume``/``rotate``; ``Channel._create_client`` makes the client
-of one command.
+of one command; ``QoS.append`` writes ``unacked_index`` and ``unacked`` in one
+pipeline, ``QoS._remove_from_indices`` returns the pipeline it removes them
+with, and ``Channel._do_restore_message`` puts a message back on its queue.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import types
 from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
-from kombu.utils.json import loads
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 
 from workers.core.deadletters import DeadLetters, service_of
+from workers.core.keys import INFLIGHT_HOSTS_KEY, INFLIGHT_OWNERS_KEY, inflight_key
 
 log = logging.getLogger("taskyard.transport")
 
@@ -59,8 +68,84 @@ class _RecordingCycle:
         return self._inner.rotate(last_used)
 
 
+#: Removes a message from the ledger: its owner's entry, and the owner's own list.
+_FORGET = """
+local host = redis.call('HGET', KEYS[1], ARGV[1])
+if host then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', ARGV[2] .. host, ARGV[1])
+end
+return host
+"""
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's unacked bookkeeping, with an in-flight ledger kept in the same transactions.
+
+    When a node takes a message, kombu records it in ``unacked`` and
+    ``unacked_index``; in the same MULTI/EXEC this records its owner
+    (``taskyard:inflight``: delivery tag -> host) and adds it to the owner's
+    list (``taskyard:inflight:<host>``: delivery tag -> time taken). Every
+    way kombu removes a message from its indices (ack, reject, restore,
+    the visibility sweep) removes it from the ledger in the same
+    transaction, so a message is in both or in neither.
+    """
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        delivery = message.delivery_info
+        host = self.channel.taskyard_host
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag,
+                      dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
+            if host:
+                pipe.hset(INFLIGHT_OWNERS_KEY, delivery_tag, host)
+                pipe.hset(inflight_key(host), delivery_tag, time.time())
+                pipe.sadd(INFLIGHT_HOSTS_KEY, host)
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        return pipe.eval(_FORGET, 1, INFLIGHT_OWNERS_KEY, delivery_tag, inflight_key(""))
+
+    def recover(self, host: str) -> int:
+        """Put every message ``host`` holds back on its queue; how many went back.
+
+        For a node's own messages when it (re)starts, or a dead node's. Each
+        message moves in one transaction, only if ``host`` still owns it (one
+        the sweep already restored and another node took is left alone).
+        """
+        restored = 0
+        with self.channel.conn_or_acquire() as client:
+            for tag in client.hkeys(inflight_key(host)):
+                restored += self._recover_one(client, bytes_to_str(tag), host)
+        return restored
+
+    def _recover_one(self, client: Any, tag: str, host: str) -> int:
+        moved = []
+
+        def restore(pipe: Any) -> None:
+            owner = pipe.hget(INFLIGHT_OWNERS_KEY, tag)
+            raw = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            if owner is None or bytes_to_str(owner) != host:
+                pipe.hdel(inflight_key(host), tag)  # a stale entry: not this host's any more
+                return
+            self._remove_from_indices(tag, pipe)
+            if raw:
+                payload, exchange, routing_key = loads(bytes_to_str(raw))
+                self.channel._do_restore_message(payload, exchange, routing_key, pipe)
+                moved.append(tag)
+
+        client.transaction(restore, INFLIGHT_OWNERS_KEY, self.unacked_key)
+        return len(moved)
+
+
 class Channel(kombu_redis.Channel):
-    """A Redis channel that dead-letters entries it cannot hand on as messages."""
+    """A Redis channel that dead-letters entries it cannot hand on, and keeps the ledger."""
+
+    QoS = QoS
 
     last_queue: str | None = None
     #: Set from the transport options of the app (``taskyard_*``).

@@ -34,6 +34,7 @@ from workers.node import logs
 from workers.node.endpoints import register_endpoint_tasks
 from workers.node.managers import ProcessManagers, build_manager
 from workers.node.periodic import PeriodicScheduler, register_periodic_tasks
+from workers.node.recovery import Recovery
 
 log = logging.getLogger("taskyard.node")
 
@@ -76,6 +77,7 @@ class Heartbeat(threading.Thread):
                 "report_count": self.report_count,
                 "capabilities": capabilities,
             })
+        self.node.housekeeping()
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -108,6 +110,7 @@ class Node:
         #: The managers of the main process, by service (built by :meth:`start`).
         self.managers: dict[str, Manager] = {}
         self.registry = app.registry
+        self.recovery = Recovery(app)
         self.started_at = time.time()
         self.heartbeat: Heartbeat | None = None
         self.scheduler: PeriodicScheduler | None = None
@@ -117,7 +120,11 @@ class Node:
         self._cleaned = False
 
     def start(self) -> None:
-        """Build and initialise every manager, then start reporting. Raises on failure."""
+        """Claim the host name, build and initialise every manager, then start reporting.
+
+        Raises on failure (a host name held by a live node, a driver that cannot start).
+        """
+        self.recovery.start()
         for service in self.services:
             try:
                 manager = build_manager(self.app, self.app.spec(service))
@@ -149,6 +156,10 @@ class Node:
             except Exception as exc:
                 log.warning("could not clear pending periodic runs of %s: %s", self.host, exc)
             self.scheduler.start()
+
+    def housekeeping(self) -> None:
+        """At each heartbeat: the node's part in recovery (see :mod:`workers.node.recovery`)."""
+        self.recovery.tick()
 
     def publish_apis(self) -> None:
         """Publish the API of every service of this node, for callers without their code."""
@@ -202,6 +213,7 @@ class Node:
                 manager.cleanup_host()
             except Exception:
                 log.exception("cleanup_host of %s failed", service)
+        self.recovery.stop()
 
 
 def served_services(app: Taskyard) -> frozenset[str]:
