@@ -2,9 +2,12 @@
 
 The private ``redis-server`` keeps an append-only file, so a restart loses
 nothing it accepted. Nodes must ride it out by themselves: same processes,
-no restart, every accepted request done once. The restart is
-``redis_server.stop()`` then ``start()`` on the same port and data (what
-``restart()`` does), with a client call made in between.
+no restart, every accepted request done once, within 15 s of Redis's return.
+The restart is ``redis_server.stop()`` then ``start()`` on the same port and
+data (what ``restart()`` does), with a client call made in between. The
+product's defaults (the default ``visibility_timeout``, no transport options)
+with ``broker_connection_timeout`` 2 s (a documented setting): the requests the
+nodes stopped come back through the in-flight ledger when they reconnect.
 """
 
 from __future__ import annotations
@@ -32,19 +35,16 @@ from workers.core.registry import Registry
 from workers.exceptions import TaskyardError, Timeout, Unavailable
 from workers.testing import wait_for
 
-CASTS = 200
+CASTS = 100
 #: Seconds each create takes on the nodes: long enough that all four pool processes
-#: are always in the middle of one when Redis stops.
+#: are always in the middle of one when Redis stops (the backlog is 5 s of work).
 CREATE_DELAY_S = 0.2
-#: Seconds the whole backlog may take once Redis is back (it needs about 10).
+#: The promise: every request done within this many seconds of Redis's return.
+PROMISE_AFTER_RETURN_S = 15.0
+#: How long the test waits at most (a failure then says by how much the promise missed).
 DRAIN_DEADLINE_S = 90
 
-FAST_REDELIVERY = {
-    "TASKYARD_VISIBILITY_TIMEOUT": "3",
-    "TASKYARD_BROKER_TRANSPORT_OPTIONS__UNACKED_RESTORE_INTERVAL": "1",
-    "TASKYARD_BROKER_TRANSPORT_OPTIONS__UNACKED_RESTORE_THROTTLE": "1",
-    "TASKYARD_BROKER_CONNECTION_TIMEOUT": "2",
-}
+CONNECTION = {"TASKYARD_BROKER_CONNECTION_TIMEOUT": "2"}
 SLOW_FAKE = {
     "TASKYARD_SERVICES__VOLUME__DRIVER": "tests.integration.faults:SlowFakeVolumeDriver",
     "TASKYARD_SERVICES__VOLUME__DRIVER_OPTIONS__DELAY_S": str(CREATE_DELAY_S),
@@ -69,17 +69,38 @@ class RestartOutcome:
     nodes: list[Node]
     pids: dict[str, int]
     started_at: dict[str, float]
+    #: Wall-clock times Redis stopped and came back; seconds until every request was done.
+    stopped_at: float
+    returned_at: float
+    done_after_return: float
+    #: Task id -> the times some node logged it done with ``outcome=ok``.
+    done_at: dict[str, list[float]]
 
 
 @pytest.fixture(scope="module")
 def cluster_env(redis_server: RedisServer, state_dir: Path) -> dict[str, str]:
-    return node_environment(redis_server.url, state_dir, **FAST_REDELIVERY, **SLOW_FAKE,
+    return node_environment(redis_server.url, state_dir, **CONNECTION, **SLOW_FAKE,
                             **faults.node_env())
 
 
 def completed_ok(nodes: list[Node]) -> Counter[str]:
     """Task id -> how many times some node logged it done with ``outcome=ok``."""
     return Counter(task for node in nodes for task in TASK_OK.findall(node.log()))
+
+
+_LOGGED_AT = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): ", re.MULTILINE)
+
+
+def completed_at(nodes: list[Node]) -> dict[str, list[float]]:
+    """Task id -> when (epoch seconds) each ``outcome=ok`` line of it was written."""
+    found: dict[str, list[float]] = {}
+    for node in nodes:
+        for line in node.log().splitlines():
+            done, stamp = TASK_OK.search(line), _LOGGED_AT.match(line)
+            if done and stamp:
+                at = time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S"))
+                found.setdefault(done.group(1), []).append(at + int(stamp.group(2)) / 1000)
+    return found
 
 
 def answer_of(handle: Handle) -> str:
@@ -108,6 +129,7 @@ def restart_under_load(
     handles = {vid: volume.cast("create_volume", size_gb=1, volume_id=vid) for vid in ids}
     in_flight = broker.llen("volume")
 
+    stopped_at = time.time()
     redis_server.stop()
     began = time.monotonic()
     try:
@@ -118,14 +140,17 @@ def restart_under_load(
         raise AssertionError("a call succeeded while Redis was down")
     seconds_to_refuse = time.monotonic() - began
     redis_server.start()
+    returned_at, back = time.time(), time.monotonic()
 
     answers = {vid: answer_of(handle) for vid, handle in handles.items()}
+    done_after_return = time.monotonic() - back
     return RestartOutcome(
         ids=ids, handles=handles, answers=answers,
         records={vid: store.get(vid) for vid in ids},
         error_while_down=error_while_down, seconds_to_refuse=seconds_to_refuse,
         in_flight=in_flight, done_ok=completed_ok(nodes), nodes=nodes, pids=pids,
-        started_at=started_at,
+        started_at=started_at, stopped_at=stopped_at, returned_at=returned_at,
+        done_after_return=done_after_return, done_at=completed_at(nodes),
     )
 
 
@@ -177,21 +202,33 @@ def test_every_request_sent_before_a_redis_restart_gets_an_answer_and_one_record
           f"{len(failed)} answered with an error: {sorted(failed.items())[:4]}")
 
 
-def test_requests_running_when_redis_stops_are_done_once_it_is_back(
+def test_requests_running_when_redis_stops_are_done_within_15_s_of_its_return(
     restart_under_load: RestartOutcome,
 ) -> None:
     outcome = restart_under_load
     assert {vid: a for vid, a in outcome.answers.items() if a != "ok"} == {}
     assert {vid: (r or {}).get("status") for vid, r in outcome.records.items()} == dict.fromkeys(
         outcome.ids, "available")
+    assert outcome.done_after_return <= PROMISE_AFTER_RETURN_S, outcome.done_after_return
+    print(f"redis restart: every request done {outcome.done_after_return:.1f} s after Redis "
+          "came back")
 
 
-def test_each_request_is_logged_done_once_even_when_it_was_stopped_and_run_again(
+def test_a_request_runs_twice_only_when_its_first_run_ended_while_redis_was_away(
     restart_under_load: RestartOutcome,
 ) -> None:
+    # A run stopped by the connection loss is logged `interrupted`, never `ok`: it runs
+    # again and is done once. A run that ended while Redis was away could not be
+    # acknowledged (nor its result stored), so it runs again, idempotently: the record
+    # stays one (test above). No other request runs twice.
     outcome = restart_under_load
-    tasks = [outcome.handles[vid].id for vid in outcome.ids]
-    assert {task: outcome.done_ok[task] for task in tasks} == dict.fromkeys(tasks, 1)
+    grace_s = 1.0  # a run that ended just before the stop, its acknowledgement after it
+    for vid in outcome.ids:
+        runs = sorted(outcome.done_at.get(outcome.handles[vid].id, []))
+        assert runs, f"{vid} was never logged done"
+        for first in runs[:-1]:
+            assert outcome.stopped_at - grace_s <= first <= outcome.returned_at + grace_s, (
+                vid, runs, outcome.stopped_at, outcome.returned_at)
 
 
 @pytest.fixture
@@ -205,15 +242,15 @@ def late_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def test_a_node_started_before_redis_retries_and_comes_up_when_redis_does(
     start_node: Callable[..., Node], late_redis: RedisServer, state_dir: Path,
 ) -> None:
-    env = node_environment(late_redis.url, state_dir, **FAST_REDELIVERY, **SLOW_FAKE,
+    env = node_environment(late_redis.url, state_dir, **CONNECTION, **SLOW_FAKE,
                            **faults.node_env())
     node = start_node("early-bird", wait=False, env=env, services=["volume"])
 
-    # Celery's line, e.g. "consumer: Cannot connect to workers.transport:Transport://
-    # :**@127.0.0.1:PORT/0: Error 111 connecting ... Connection refused..\nTrying again in
-    # 2.00 seconds... (1/None)".
-    retry = re.compile(rf"Cannot connect to \S*127\.0\.0\.1:{late_redis.port}/0: .*\n"
-                       r"Trying again in [\d.]+ seconds")
+    # The node's first step, claiming its host name, waits for Redis: "cannot reach Redis
+    # at redis://127.0.0.1:PORT/0 to claim host name early-bird (Error 111 connecting ...
+    # Connection refused.); trying again in 2 s".
+    retry = re.compile(rf"cannot reach Redis at redis://127\.0\.0\.1:{late_redis.port}/0 to "
+                       r"claim host name early-bird \(.*\); trying again in [\d.]+ s")
     wait_for(lambda: retry.search(node.log()), 60, "the node to log that it retries")
     assert node.alive()
     pid = node.pid

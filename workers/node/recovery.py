@@ -34,9 +34,11 @@ import time
 import uuid
 from typing import Any
 
+import redis
 from celery import bootsteps
 
 from workers.core.application import Taskyard
+from workers.core.config import mask_url
 from workers.core.keys import (
     INFLIGHT_HOSTS_KEY,
     claim_key,
@@ -50,6 +52,8 @@ log = logging.getLogger("taskyard.recovery")
 
 #: Seconds one node may spend putting a dead host's messages back before another may.
 RECOVERY_LOCK_S = 60
+#: Seconds between two attempts to claim the host name while Redis does not answer.
+CLAIM_RETRY_S = 2.0
 
 _REFRESH_CLAIM = """
 local held = redis.call('GET', KEYS[1])
@@ -174,9 +178,22 @@ class Recovery:
         self.recovered: dict[str, int] = {}
 
     def start(self) -> None:
-        """Claim the host name (before the node does anything else)."""
-        if self.claim is not None:
-            self.claim.acquire()
+        """Claim the host name before the node does anything else, waiting for Redis.
+
+        Like the consumer, a node started before Redis waits for it, saying so
+        at each attempt (each bounded by ``broker_connection_timeout``).
+        """
+        if self.claim is None:
+            return
+        while True:
+            try:
+                self.claim.acquire()
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("cannot reach Redis at %s to claim host name %s (%s); trying again "
+                            "in %g s", mask_url(self.app.config.broker_url), self.host, exc,
+                            CLAIM_RETRY_S)
+                time.sleep(CLAIM_RETRY_S)
 
     def tick(self) -> None:
         """At each heartbeat: keep the claim, keep held messages visible, rescue dead hosts."""
