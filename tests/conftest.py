@@ -15,6 +15,7 @@ from managers.base import Manager
 from workers.core.application import Taskyard, set_default_app
 from workers.core.config import Config, load_config
 from workers.testing import InProcessNode, in_memory
+from workers.testing.kit import environment_set
 
 #: The repository: its settings.toml is the reference fleet the tests run.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,16 +38,8 @@ def make_config(env: dict[str, str] | None = None, **overrides: Any) -> Config:
 
     ``env`` is set in ``os.environ`` only while the settings are read.
     """
-    saved = {key: os.environ.get(key) for key in env or {}}
-    os.environ.update(env or {})
-    try:
+    with environment_set(env or {}):
         config = load_config(cwd=REPO_ROOT)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return config.with_overrides(**overrides) if overrides else config
 
 

@@ -416,6 +416,16 @@ def _services(raw: Mapping[str, Any]) -> dict[str, ServiceConfig]:
     return services
 
 
+def _at_least(raw: Mapping[str, Any], key: str, intervals: float, report_interval: float,
+              why: str) -> None:
+    """:class:`ConfigError` unless ``key`` is at least ``intervals`` x ``report_interval``."""
+    if float(raw[key]) < intervals * report_interval:
+        raise ConfigError(
+            f"settings key {key!r} = {raw[key]!r}: expected at least {intervals:g} x "
+            f"report_interval ({intervals * report_interval:g} s); {why}"
+        )
+
+
 def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
                  project_dir: Path | None = None, sources: tuple[str, ...] = ()) -> Config:
     """Check ``raw`` (settings as read, lower-case keys) and turn it into a :class:`Config`.
@@ -428,21 +438,12 @@ def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
     redis_url = get(raw, "redis_url")
     report_interval = float(get(raw, "report_interval"))
     down_time = float(get(raw, "service_down_time"))
-    if down_time < MIN_DOWN_TIME_INTERVALS * report_interval:
-        raise ConfigError(
-            f"settings key 'service_down_time' = {raw['service_down_time']!r}: expected at "
-            f"least {MIN_DOWN_TIME_INTERVALS} x report_interval "
-            f"({MIN_DOWN_TIME_INTERVALS * report_interval:g} s); a shorter time reports live "
-            "nodes as down"
-        )
+    _at_least(raw, "service_down_time", MIN_DOWN_TIME_INTERVALS, report_interval,
+              "a shorter time reports live nodes as down")
     visibility_timeout = int(get(raw, "visibility_timeout"))
-    if visibility_timeout < MIN_VISIBILITY_INTERVALS * report_interval:
-        raise ConfigError(
-            f"settings key 'visibility_timeout' = {visibility_timeout}: expected at least "
-            f"{MIN_VISIBILITY_INTERVALS} x report_interval "
-            f"({MIN_VISIBILITY_INTERVALS * report_interval:g} s): nodes keep the messages they "
-            "run visible at every heartbeat, and a shorter timeout would hand them out twice"
-        )
+    _at_least(raw, "visibility_timeout", MIN_VISIBILITY_INTERVALS, report_interval,
+              "nodes keep the messages they run visible at every heartbeat, and a shorter "
+              "timeout would hand them out twice")
     tls_files = {name: get(raw, f"tls.{name}") for name in ("ca_certs", "certfile", "keyfile")}
     return Config(
         env=env,

@@ -18,7 +18,7 @@ from workers.core.api import ServiceAPI
 from workers.core.binding import Binder
 from workers.core.config import Config, ServiceConfig
 from workers.core.keys import task_name
-from workers.exceptions import ConfigError, UnknownEndpoint
+from workers.exceptions import ConfigError
 
 
 @dataclass(frozen=True)
@@ -37,17 +37,6 @@ class ServiceSpec:
     def api(self) -> ServiceAPI:
         """What nodes of this service publish for callers."""
         return ServiceAPI.from_manager(self.name, self.manager_cls, self.binders)
-
-    def binder(self, method: str) -> Binder:
-        """The endpoint's binder; :class:`UnknownEndpoint` listing the endpoints otherwise."""
-        binder = self.binders.get(method)
-        if binder is None:
-            raise UnknownEndpoint(
-                f"{self.name} has no endpoint {method!r}; endpoints: "
-                f"{', '.join(sorted(self.binders))}",
-                {"service": self.name, "method": str(method)[:100]},
-            )
-        return binder
 
 
 def build_spec(service: ServiceConfig) -> ServiceSpec:
