@@ -41,6 +41,9 @@ from workers.exceptions import (
 )
 from workers.extensions.signing import seal
 
+#: Messages per pipelined round trip of ``cast_many`` and ``fanout``.
+DEFAULT_BATCH_SIZE = 500
+
 
 def _short_repr(value: Any, limit: int = 1024) -> str:
     text = repr(value)
@@ -232,7 +235,7 @@ class Client:
         return self._send(method, kwargs, self.host, subscribe=True).wait()
 
     def cast_many(self, method: str, calls: Iterable[Mapping[str, Any]], /, *,
-                  batch_size: int = 500) -> list[Handle]:
+                  batch_size: int = DEFAULT_BATCH_SIZE) -> list[Handle]:
         """Send many requests of one endpoint in pipelined round trips; their handles.
 
         Every call's arguments are checked first: one bad call refuses them
@@ -251,10 +254,21 @@ class Client:
             except InvalidRequest as exc:
                 raise InvalidRequest(f"call {index} of {len(kwargs_list)}: {exc}",
                                      exc.details) from None
-        if not kwargs_list:
+        queue = host_queue(self.service, self.host) if self.host else self.service
+        return self._send_batch(method, [(queue, self.host, kwargs) for kwargs in kwargs_list],
+                                batch_size=batch_size)
+
+    def _send_batch(self, method: str, requests: list[tuple[str, str | None, dict[str, Any]]],
+                    *, shadow: str | None = None,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> list[Handle]:
+        """Send checked requests ``(queue, host, kwargs)`` in pipelined round trips.
+
+        Each batch of ``batch_size`` messages (with their task-sent events) is
+        one round trip to Redis, whatever the number of queues.
+        """
+        if not requests:
             return []
         name = task_name(self.service, method)
-        queue = host_queue(self.service, self.host) if self.host else self.service
         handles: list[Handle] = []
         try:
             # A publish batch needs a connection that never replays a write on its own.
@@ -262,16 +276,18 @@ class Client:
                 transport_options={"retry_on_timeout": False}
             ) as connection:
                 producer = self.app.amqp.Producer(connection)
-                producer.maybe_declare(self.app.amqp.queues[queue])  # once, not per message
+                for queue in {queue for queue, _, _ in requests}:
+                    producer.maybe_declare(self.app.amqp.queues[queue])  # once per queue
                 events = self._sent_events()
                 with producer.batch(max_size=batch_size):
-                    for kwargs in kwargs_list:
-                        task_id = self._publish(producer, events, name, queue, kwargs)
+                    for queue, host, kwargs in requests:
+                        task_id = self._publish(producer, events, name, queue, kwargs,
+                                                shadow=shadow)
                         handles.append(Handle(AsyncResult(task_id, app=self.app),
-                                              self.service, method, self.host, self.timeout))
+                                              self.service, method, host, self.timeout))
         except (OperationalError, redis.RedisError) as exc:
             raise Unavailable(
-                f"cannot reach the broker to send {len(kwargs_list)} {name} requests: {exc}; "
+                f"cannot reach the broker to send {len(requests)} {name} requests: {exc}; "
                 f"{len(handles)} were prepared, and whether they were sent is not known",
             ) from exc
         return handles
@@ -322,10 +338,14 @@ class Client:
         Returns the hosts it was sent to, or with ``wait=True`` a dict of host
         -> result (or the error raised there, as an exception object).
         """
+        self._check(method, kwargs)
         hosts = self.app.registry.alive_hosts(self.service)
-        # The shadow name is what logs and Flower show: "volume.ping (fanout)".
+        # The shadow name is what logs and Flower show: "volume.ping (fanout)". One
+        # pipelined round trip per batch of hosts, not one per host.
         shadow = f"{task_name(self.service, method)} (fanout)"
-        handles = {host: self._send(method, kwargs, host, shadow) for host in hosts}
+        sent = self._send_batch(method, [(host_queue(self.service, host), host, dict(kwargs))
+                                         for host in hosts], shadow=shadow)
+        handles = dict(zip(hosts, sent, strict=True))
         if not wait:
             return list(handles)
         outcome: dict[str, Any] = {}
