@@ -146,3 +146,23 @@ def test_a_node_that_dies_with_work_on_its_own_queue_leaves_it_there_for_its_ret
     store.set(faults.slow_key("release", "mine"), 1)
     nodes("mortal")
     assert handle.wait(timeout=30)["host"] == "mortal"
+
+
+def test_hosts_gone_for_good_are_forgotten_by_the_live_nodes_or_at_once_by_hand(
+    nodes: Callable[..., Node], cluster_env: dict[str, str], client_app: Taskyard,
+) -> None:
+    registry = client_app.registry
+    registry.report(SLOW, "long-gone", {"rpc_api_version": "1.0"})
+    registry.report(SLOW, "gone-today", {"rpc_api_version": "1.0"})
+    seconds, _ = registry.redis.time()
+    registry.redis.hset(f"taskyard:registry:{SLOW}:seen", "long-gone", seconds - 90_000)
+    registry.redis.delete("taskyard:registry-hygiene")
+    nodes("keeper")  # a live node: at its heartbeats, it forgets what is down for a day
+    wait_for(lambda: registry.get(SLOW, "long-gone") is None, 30,
+             "the live node to forget the host gone for a day")
+    assert registry.get(SLOW, "gone-today") is not None
+    forgot = run_cli(cluster_env, "services", "forget", SLOW, "gone-today")
+    assert forgot.returncode == 0, forgot.stderr
+    assert registry.get(SLOW, "gone-today") is None
+    again = run_cli(cluster_env, "services", "forget", SLOW, "gone-today")
+    assert again.returncode == 1 and "knows no slow on 'gone-today'" in again.stderr

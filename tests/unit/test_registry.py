@@ -194,3 +194,25 @@ def test_the_apps_registry_uses_the_apps_records_client(
     assert registry.redis is fake_redis
     registry.report("volume", unit_app.config.host, {})
     assert registry.hosts("volume") == ["node-a"]
+
+
+def test_forget_removes_every_trace_of_a_host(registry: Registry) -> None:
+    registry.report("volume", "gone", {})
+    registry.disable("volume", "gone", "dead disk")
+    assert registry.forget("volume", "gone") is True
+    assert registry.get("volume", "gone") is None
+    assert registry.forget("volume", "gone") is False
+
+
+def test_hosts_down_longer_than_the_limit_are_forgotten_and_the_others_kept(
+    registry: Registry,
+) -> None:
+    registry.report("volume", "old", {})
+    registry.report("volume", "recent", {})
+    registry.report("compute", "old", {})
+    seconds, _ = registry.redis.time()
+    registry.redis.hset("taskyard:registry:volume:seen", "old", seconds - 90_000)
+    registry.redis.hset("taskyard:registry:compute:seen", "old", seconds - 10)
+    assert registry.forget_down(86_400) == [("volume", "old")]
+    assert [r.host for r in registry.list("volume")] == ["recent"]
+    assert [r.host for r in registry.list("compute")] == ["old"]

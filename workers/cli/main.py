@@ -26,7 +26,13 @@ from workers.core.application import Taskyard, set_default_app
 from workers.core.config import Config, effective, load_config, mask_url
 from workers.core.deadletters import DeadLetters
 from workers.core.keys import host_queue, nodename
-from workers.exceptions import ConfigError, InvalidRequest, TaskyardError, UnknownService
+from workers.exceptions import (
+    ConfigError,
+    InvalidRequest,
+    NotFound,
+    TaskyardError,
+    UnknownService,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -367,6 +373,19 @@ def disable(service: str, host: str, reason: str) -> None:
     app.config.service(service)
     app.registry.disable(service, host, reason)
     click.echo(f"{service} on {host} disabled: {reason}")
+
+
+@services.command()
+@click.argument("service")
+@click.argument("host")
+@reports_errors
+def forget(service: str, host: str) -> None:
+    """Remove SERVICE on HOST from the registry at once (a host that is gone for good)."""
+    app = _app()
+    if app.registry.forget(service, host):
+        click.echo(f"{service} on {host} forgotten")
+    else:
+        raise NotFound(f"the registry knows no {service} on {host!r}")
 
 
 @services.command()

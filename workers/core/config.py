@@ -141,6 +141,8 @@ class Config:
     result_expires: int
     report_interval: float
     service_down_time: float
+    #: Seconds a host may stay down before live nodes remove it from the registry.
+    registry_forget_after: float
     shutdown_timeout: float
     broker_connection_timeout: float
     max_message_bytes: int
@@ -303,6 +305,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rpc_timeout": (_seconds, "a number of seconds greater than 0"),
     "report_interval": (_seconds, "a number of seconds greater than 0"),
     "service_down_time": (_seconds, "a number of seconds greater than 0"),
+    "registry_forget_after": (_seconds, "a number of seconds greater than 0"),
     "shutdown_timeout": (_seconds, "a number of seconds greater than 0"),
     "broker_connection_timeout": (_seconds, "a number of seconds greater than 0"),
     "visibility_timeout": (lambda v: _is_whole(v) and v > 0,
@@ -416,13 +419,13 @@ def _services(raw: Mapping[str, Any]) -> dict[str, ServiceConfig]:
     return services
 
 
-def _at_least(raw: Mapping[str, Any], key: str, intervals: float, report_interval: float,
-              why: str) -> None:
-    """:class:`ConfigError` unless ``key`` is at least ``intervals`` x ``report_interval``."""
-    if float(raw[key]) < intervals * report_interval:
+def _at_least(raw: Mapping[str, Any], key: str, times: float, base: float, why: str, *,
+              of: str = "report_interval") -> None:
+    """:class:`ConfigError` unless ``key`` is at least ``times`` x ``base`` (the key ``of``)."""
+    if float(raw[key]) < times * base:
         raise ConfigError(
-            f"settings key {key!r} = {raw[key]!r}: expected at least {intervals:g} x "
-            f"report_interval ({intervals * report_interval:g} s); {why}"
+            f"settings key {key!r} = {raw[key]!r}: expected at least {times:g} x "
+            f"{of} ({times * base:g} s); {why}"
         )
 
 
@@ -440,6 +443,8 @@ def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
     down_time = float(get(raw, "service_down_time"))
     _at_least(raw, "service_down_time", MIN_DOWN_TIME_INTERVALS, report_interval,
               "a shorter time reports live nodes as down")
+    _at_least(raw, "registry_forget_after", 1, down_time,
+              "a host must be down before it is forgotten", of="service_down_time")
     visibility_timeout = int(get(raw, "visibility_timeout"))
     _at_least(raw, "visibility_timeout", MIN_VISIBILITY_INTERVALS, report_interval,
               "nodes keep the messages they run visible at every heartbeat, and a shorter "
@@ -457,6 +462,7 @@ def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
         result_expires=int(get(raw, "result_expires")),
         report_interval=report_interval,
         service_down_time=down_time,
+        registry_forget_after=float(get(raw, "registry_forget_after")),
         shutdown_timeout=float(get(raw, "shutdown_timeout")),
         broker_connection_timeout=float(get(raw, "broker_connection_timeout")),
         max_message_bytes=int(get(raw, "max_message_bytes")),

@@ -46,6 +46,24 @@ return now
 """
 
 
+#: Removes the hosts of one service last seen more than ARGV[1] seconds ago (Redis clock).
+_FORGET_DOWN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local gone = {}
+local seen = redis.call('HGETALL', KEYS[2])
+for i = 1, #seen, 2 do
+  if now - tonumber(seen[i + 1]) > tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[1], seen[i])
+    redis.call('HDEL', KEYS[2], seen[i])
+    redis.call('HDEL', KEYS[3], seen[i])
+    table.insert(gone, seen[i])
+  end
+end
+return gone
+"""
+
+
 @dataclass(frozen=True)
 class ServiceRecord:
     """One service on one host, as the registry last heard of it."""
@@ -89,6 +107,7 @@ class Registry:
         self.redis = redis
         self.service_down_time = float(service_down_time)
         self._report = redis.register_script(_REPORT)
+        self._forget_script = redis.register_script(_FORGET_DOWN)
 
     @classmethod
     def from_config(cls, config: Config) -> Registry:
@@ -122,6 +141,32 @@ class Registry:
         pipe.hdel(registry_key(service), host)
         pipe.hdel(registry_key(service, "seen"), host)
         pipe.execute()
+
+    def forget(self, service: str, host: str) -> bool:
+        """Remove every trace of ``service`` on ``host`` (its report, and whether it was
+        disabled); False when the registry did not know it."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(registry_key(service), host)
+        pipe.hdel(registry_key(service, "seen"), host)
+        pipe.hdel(registry_key(service, "disabled"), host)
+        return any(pipe.execute())
+
+    def forget_down(self, older_than: float) -> list[tuple[str, str]]:
+        """Forget every host whose last report is more than ``older_than`` seconds old.
+
+        Hosts whose names change (containers, autoscaling) would otherwise stay in
+        the registry for ever. Their queues, if not empty, stay visible in
+        ``taskyard status``. Returns the ``(service, host)`` pairs forgotten.
+        """
+        forgotten = []
+        for service in self.services():
+            for host in self._forget_script(
+                keys=[registry_key(service), registry_key(service, "seen"),
+                      registry_key(service, "disabled")],
+                args=[older_than],
+            ):
+                forgotten.append((service, _text(host)))
+        return forgotten
 
     def disable(self, service: str, host: str, reason: str) -> None:
         """Keep new work away from ``service`` on ``host`` until :meth:`enable`."""

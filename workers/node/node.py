@@ -28,7 +28,7 @@ from celery import bootsteps, signals
 
 from managers.base import Manager
 from workers.core.application import Taskyard
-from workers.core.keys import VERSION
+from workers.core.keys import VERSION, key
 from workers.exceptions import ConfigError
 from workers.node import logs
 from workers.node.endpoints import register_endpoint_tasks
@@ -37,6 +37,10 @@ from workers.node.periodic import PeriodicScheduler, register_periodic_tasks
 from workers.node.recovery import Recovery
 
 log = logging.getLogger("taskyard.node")
+
+#: Held by the one node of the fleet that forgets long-gone hosts, for this many seconds.
+REGISTRY_HYGIENE_KEY = key("registry-hygiene")
+REGISTRY_HYGIENE_EVERY_S = 60
 
 
 class Heartbeat(threading.Thread):
@@ -158,8 +162,14 @@ class Node:
             self.scheduler.start()
 
     def housekeeping(self) -> None:
-        """At each heartbeat: the node's part in recovery (see :mod:`workers.node.recovery`)."""
+        """At each heartbeat: the node's part in recovery (see :mod:`workers.node.recovery`),
+        and, by one node of the fleet at a time, forgetting hosts down for too long."""
         self.recovery.tick()
+        if self.app.records.set(REGISTRY_HYGIENE_KEY, self.host, nx=True,
+                                ex=REGISTRY_HYGIENE_EVERY_S):
+            for service, host in self.registry.forget_down(self.config.registry_forget_after):
+                log.info("forgot %s on %s: down longer than registry_forget_after (%g s)",
+                         service, host, self.config.registry_forget_after)
 
     def publish_apis(self) -> None:
         """Publish the API of every service of this node, for callers without their code."""
