@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -43,6 +44,15 @@ from workers.extensions.signing import seal
 
 #: Messages per pipelined round trip of ``cast_many`` and ``fanout``.
 DEFAULT_BATCH_SIZE = 500
+
+
+@dataclass
+class _Shared:
+    """What every message of a fanout shares: request headers, arguments' repr, body."""
+
+    headers: dict[str, Any]
+    kwargsrepr: str
+    payload: bytes | None = None
 
 
 def _short_repr(value: Any, limit: int = 1024) -> str:
@@ -259,12 +269,14 @@ class Client:
                                 batch_size=batch_size)
 
     def _send_batch(self, method: str, requests: list[tuple[str, str | None, dict[str, Any]]],
-                    *, shadow: str | None = None,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> list[Handle]:
+                    *, shadow: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                    one_request: bool = False) -> list[Handle]:
         """Send checked requests ``(queue, host, kwargs)`` in pipelined round trips.
 
         Each batch of ``batch_size`` messages (with their task-sent events) is
-        one round trip to Redis, whatever the number of queues.
+        one round trip to Redis, whatever the number of queues. With
+        ``one_request`` (a fanout: the same arguments to every queue) the
+        messages share one request context and one serialized body.
         """
         if not requests:
             return []
@@ -275,14 +287,16 @@ class Client:
             with self.app.connection_for_write(
                 transport_options={"retry_on_timeout": False}
             ) as connection:
+                # Published on the default exchange with the queue as routing key, as
+                # `cast` does: nothing to declare, one list push per message.
                 producer = self.app.amqp.Producer(connection)
-                for queue in {queue for queue, _, _ in requests}:
-                    producer.maybe_declare(self.app.amqp.queues[queue])  # once per queue
                 events = self._sent_events()
                 with producer.batch(max_size=batch_size):
+                    shared = _Shared(self._request_headers(),
+                                     _short_repr(requests[0][2])) if one_request else None
                     for queue, host, kwargs in requests:
                         task_id = self._publish(producer, events, name, queue, kwargs,
-                                                shadow=shadow)
+                                                shadow=shadow, shared=shared)
                         handles.append(Handle(AsyncResult(task_id, app=self.app),
                                               self.service, method, host, self.timeout))
         except (OperationalError, redis.RedisError) as exc:
@@ -294,7 +308,8 @@ class Client:
 
     def _publish(self, producer: Any, events: Any, name: str, queue: str,
                  kwargs: dict[str, Any], *, shadow: str | None = None,
-                 subscribe: bool = False, retry: bool = False) -> str:
+                 subscribe: bool = False, retry: bool = False,
+                 shared: _Shared | None = None) -> str:
         """One task message through ``producer``, in Celery's format with fewer layers.
 
         The body is serialized once (to size it, sign it and send it). Its
@@ -304,15 +319,17 @@ class Client:
         connection be replaced transparently (never inside a publish batch).
         """
         task_id = str(uuid.uuid4())
-        headers = self._context().as_headers()
-        if self.version is not None:
-            headers["taskyard_version"] = self.version
+        headers = shared.headers if shared is not None else self._request_headers()
+        kwargsrepr = shared.kwargsrepr if shared is not None else _short_repr(kwargs)
         task_headers, properties, body, sent_event = self.app.amqp.create_task_message(
-            task_id, name, (), kwargs, argsrepr="()", kwargsrepr=_short_repr(kwargs),
+            task_id, name, (), kwargs, argsrepr="()", kwargsrepr=kwargsrepr,
             create_sent_event=events is not None, shadow=shadow,
         )
         task_headers.update(headers)
-        payload = seal(self.config, name, task_headers, body)
+        payload = seal(self.config, name, task_headers, body,
+                       payload=shared.payload if shared is not None else None)
+        if shared is not None and shared.payload is None:
+            shared.payload = payload  # the body is the same for every message of the batch
         if subscribe:
             self.app.backend.on_task_call(producer, task_id)
         policy = self.app.conf.task_publish_retry_policy if retry else None
@@ -326,6 +343,13 @@ class Client:
                                          "routing_key": queue}, producer, retry=retry,
                            retry_policy=policy)
         return task_id
+
+    def _request_headers(self) -> dict[str, Any]:
+        """The headers of one request: its context and the API version it asks for."""
+        headers = self._context().as_headers()
+        if self.version is not None:
+            headers["taskyard_version"] = self.version
+        return headers
 
     def _sent_events(self) -> Any:
         """What publishes task-sent events through a given producer (None when they are off)."""
@@ -343,8 +367,8 @@ class Client:
         # The shadow name is what logs and Flower show: "volume.ping (fanout)". One
         # pipelined round trip per batch of hosts, not one per host.
         shadow = f"{task_name(self.service, method)} (fanout)"
-        sent = self._send_batch(method, [(host_queue(self.service, host), host, dict(kwargs))
-                                         for host in hosts], shadow=shadow)
+        sent = self._send_batch(method, [(host_queue(self.service, host), host, kwargs)
+                                         for host in hosts], shadow=shadow, one_request=True)
         handles = dict(zip(hosts, sent, strict=True))
         if not wait:
             return list(handles)

@@ -64,7 +64,7 @@ return gone
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceRecord:
     """One service on one host, as the registry last heard of it."""
 
@@ -177,6 +177,11 @@ class Registry:
         pipe.hset(registry_key(service, "disabled"), host, entry)
         pipe.execute()
 
+    def disabled(self, service: str) -> dict[str, str]:
+        """Host -> reason, for every disabled host of ``service`` (one small read)."""
+        return {_text(host): json.loads(entry)["reason"]
+                for host, entry in self.redis.hgetall(registry_key(service, "disabled")).items()}
+
     def enable(self, service: str, host: str) -> bool:
         """Let ``service`` on ``host`` take work again; False when it was not disabled."""
         return bool(self.redis.hdel(registry_key(service, "disabled"), host))
@@ -205,13 +210,15 @@ class Registry:
         records = []
         for i, name in enumerate(names):
             infos, seen, disabled = replies[1 + 3 * i: 4 + 3 * i]
-            hosts = {_text(h) for h in (*infos, *disabled)}
-            for host in sorted(hosts):
-                raw_info = infos.get(host.encode()) or infos.get(host)
+            # Keys as Redis returned them (bytes, or str with decode_responses): each host's
+            # three entries are looked up with the same key, decoded once.
+            for key in sorted(set(infos).union(disabled)):
+                host = _text(key)
+                raw_info = infos.get(key)
                 info = json.loads(raw_info) if raw_info else {}
-                raw_seen = seen.get(host.encode()) or seen.get(host)
-                updated = float(_text(raw_seen)) if raw_seen else 0.0
-                raw_disabled = disabled.get(host.encode()) or disabled.get(host)
+                raw_seen = seen.get(key)
+                updated = float(raw_seen) if raw_seen else 0.0
+                raw_disabled = disabled.get(key)
                 reason = json.loads(raw_disabled)["reason"] if raw_disabled else None
                 age = now - updated if updated else float("inf")
                 alive = age <= self.service_down_time
@@ -277,4 +284,9 @@ class Registry:
         Disabling keeps *new* work away; messages for every node (fanout)
         still reach a disabled node that is alive.
         """
-        return [r.host for r in self.list(service) if r.alive]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hgetall(registry_key(service, "seen"))
+        (seconds, micros), seen = pipe.execute()
+        oldest = float(seconds) + float(micros) / 1e6 - self.service_down_time
+        return sorted(_text(host) for host, at in seen.items() if float(at) >= oldest)

@@ -66,13 +66,16 @@ def body_bytes(body: Any) -> bytes:
 
 
 def seal(config: Any, name: str, headers: dict[str, Any], body: Any,
-         serializer: str = "json") -> bytes:
+         serializer: str = "json", payload: bytes | None = None) -> bytes:
     """Refuse a body over ``max_message_bytes``; sign ``headers`` when signing is on.
 
-    Returns the serialized body, which a caller may publish as it is.
+    Returns the serialized body, which a caller may publish as it is; one
+    that sends the same body many times (a fanout) serializes it once and
+    passes it as ``payload``.
     """
-    _, _, data = kombu_dumps(body, serializer=serializer)
-    payload = body_bytes(data)
+    if payload is None:
+        _, _, data = kombu_dumps(body, serializer=serializer)
+        payload = body_bytes(data)
     limit = config.max_message_bytes
     if len(payload) > limit:
         raise InvalidRequest(
