@@ -177,11 +177,6 @@ class Registry:
         pipe.hset(registry_key(service, "disabled"), host, entry)
         pipe.execute()
 
-    def disabled(self, service: str) -> dict[str, str]:
-        """Host -> reason, for every disabled host of ``service`` (one small read)."""
-        return {_text(host): json.loads(entry)["reason"]
-                for host, entry in self.redis.hgetall(registry_key(service, "disabled")).items()}
-
     def enable(self, service: str, host: str) -> bool:
         """Let ``service`` on ``host`` take work again; False when it was not disabled."""
         return bool(self.redis.hdel(registry_key(service, "disabled"), host))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +22,6 @@ from managers.base import Manager
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
 from workers.core.config import Config
-from workers.core.registry import DISABLED, DOWN, UP
 from workers.core.specs import ServiceSpec
 
 log = logging.getLogger("taskyard.node")
@@ -45,54 +43,19 @@ def expand_options(options: Mapping[str, Any], config: Config) -> dict[str, Any]
     return {key: expand(value) for key, value in options.items()}
 
 
-#: Longest time (s) the registry's listing of a service is reused for placements; at most
-#: ``report_interval`` (reports, and so capacities, change no faster).
-HOSTS_CACHE_S = 1.0
-
-
 class NodeFleet:
-    """The :class:`managers.base.Fleet` a node gives its managers: registry and client.
-
-    A fleet of thousands of hosts makes the registry's listing the cost of a
-    placement (reading and parsing every host's report), so :meth:`hosts`
-    reuses one listing for up to ``min(HOSTS_CACHE_S, report_interval)``
-    seconds: reports change no faster. Whether a host is disabled is read
-    afresh every time, so an operator's ``disable`` keeps work away at once.
-    """
+    """The :class:`managers.base.Fleet` a node gives its managers: registry and client."""
 
     def __init__(self, app: Taskyard) -> None:
         self.app = app
-        self.cache_s = min(HOSTS_CACHE_S, app.config.report_interval)
-        self._listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}
 
     def hosts(self, service: str) -> list[dict[str, Any]]:
         self.app.config.service(service)
-        registry = self.app.registry
-        now = time.monotonic()
-        cached = self._listings.get(service)
-        if cached is None or now - cached[0] > self.cache_s:
-            cached = (now, [record.as_dict() for record in registry.list(service)])
-            self._listings[service] = cached
-            return cached[1]
-        return _with_disabled(cached[1], registry.disabled(service))
+        return [record.as_dict() for record in self.app.registry.list(service)]
 
     def cast(self, service: str, method: str, /, host: str | None = None,
              **kwargs: Any) -> str:
         return Client(service, app=self.app, host=host).cast(method, **kwargs).id
-
-
-def _with_disabled(entries: list[dict[str, Any]], disabled: dict[str, str]
-                   ) -> list[dict[str, Any]]:
-    """``entries`` with each host's disabled state as ``disabled`` says now (copies if changed)."""
-    fresh = []
-    for entry in entries:
-        reason = disabled.get(entry["host"])
-        if reason is not None and entry["state"] != DISABLED:
-            entry = {**entry, "state": DISABLED, "disabled_reason": reason}
-        elif reason is None and entry["state"] == DISABLED:
-            entry = {**entry, "state": UP if entry["alive"] else DOWN, "disabled_reason": None}
-        fresh.append(entry)
-    return fresh
 
 
 def build_manager(app: Taskyard, spec: ServiceSpec, redis: Any = None) -> Manager:
