@@ -113,3 +113,21 @@ def test_the_printed_table_has_a_row_per_figure_and_says_what_plain_celery_has(
         assert figure["title"] in stdout, figure["title"]
     assert "acks_late=True" in stdout and "prefetch=1" in stdout
     assert "track_started=True" in stdout and "task events=True" in stdout
+
+
+def test_the_scale_run_measures_every_figure_at_every_size(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "scale", "--sizes", "50,200", "--reps", "1",
+         "--json", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["hosts"] for row in rows] == [50, 200]
+    for row in rows:
+        for key in ("fanout_s", "placement_p50_s", "listing_s", "services_s", "status_s",
+                    "memory_per_host_bytes"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+    assert "per 1,000 hosts" in done.stdout and "| fanout (no wait) |" in done.stdout
