@@ -9,7 +9,7 @@ import pytest
 
 from workers.core.application import Taskyard
 from workers.core.config import Config
-from workers.core.registry import DISABLED, DOWN, UP, Registry
+from workers.core.registry import DISABLED, DOWN, UP, HostsView, Registry
 
 DOWN_TIME = 60.0
 
@@ -216,3 +216,26 @@ def test_hosts_down_longer_than_the_limit_are_forgotten_and_the_others_kept(
     assert registry.forget_down(86_400) == [("volume", "old")]
     assert [r.host for r in registry.list("volume")] == ["recent"]
     assert [r.host for r in registry.list("compute")] == ["old"]
+
+
+def test_the_placement_view_sees_every_report_disable_and_departure_at_once(
+    registry: Registry, fake_redis: fakeredis.FakeRedis,
+) -> None:
+    view = HostsView("volume")
+    registry.report("volume", "a", {"capabilities": {"free_gb": 5}})
+    registry.report("volume", "b", {"capabilities": {"free_gb": 9}})
+
+    def states() -> dict[str, tuple[str, object]]:
+        return {e["host"]: (e["state"], e["capabilities"].get("free_gb"))
+                for e in view.read(fake_redis, DOWN_TIME)}
+
+    assert states() == {"a": ("up", 5), "b": ("up", 9)}
+    registry.report("volume", "a", {"capabilities": {"free_gb": 1}})  # a new report
+    registry.disable("volume", "b", "disk swap")
+    registry.disable("volume", "c", "never came")  # disabled, never reported
+    assert states() == {"a": ("up", 1), "b": ("disabled", 9), "c": ("disabled", None)}
+    registry.enable("volume", "b")
+    registry.remove("volume", "a")
+    assert states() == {"b": ("up", 9), "c": ("disabled", None)}
+    fake_redis.hset("taskyard:registry:volume:seen", "b", server_now(fake_redis) - DOWN_TIME - 1)
+    assert states()["b"] == ("down", 9)

@@ -285,3 +285,59 @@ class Registry:
         (seconds, micros), seen = pipe.execute()
         oldest = float(seconds) + float(micros) / 1e6 - self.service_down_time
         return sorted(_text(host) for host, at in seen.items() if float(at) >= oldest)
+
+
+class HostsView:
+    """One service's hosts as the registry sees them now, read incrementally (placement).
+
+    Each :meth:`read` fetches the heartbeat times and the disabled hosts (small
+    values), and the reports only of hosts that reported since the last read:
+    with thousands of hosts, a placement no longer reads and parses every
+    report, yet sees every report, every disable and every departure at once.
+    Entries carry what placement needs: ``host``, ``state``, ``age``,
+    ``alive``, ``capabilities``, ``disabled_reason``.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        #: Host key -> (heartbeat time as stored, as a number, host name, capabilities).
+        self._reports: dict[Any, tuple[Any, float, str, dict[str, Any]]] = {}
+
+    def read(self, redis: Any, service_down_time: float) -> builtins.list[dict[str, Any]]:
+        pipe = redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hgetall(registry_key(self.service, "seen"))
+        pipe.hgetall(registry_key(self.service, "disabled"))
+        (seconds, micros), seen, disabled = pipe.execute()
+        oldest = float(seconds) + float(micros) / 1e6 - service_down_time
+        reports = self._reports
+        changed = [key for key, stamp in seen.items()
+                   if key not in reports or reports[key][0] != stamp]
+        if changed:
+            for key, raw in zip(changed, redis.hmget(registry_key(self.service), changed),
+                                strict=True):
+                info = json.loads(raw) if raw else {}
+                reports[key] = (seen[key], float(seen[key]), _text(key),
+                                dict(info.get("capabilities") or {}))
+        if len(reports) > len(seen):
+            for key in [key for key in reports if key not in seen]:
+                del reports[key]
+        now = oldest + service_down_time
+        service = self.service
+        entries = []
+        for _, stamp, host, capabilities in reports.values():
+            alive = stamp >= oldest
+            entries.append({"service": service, "host": host, "state": UP if alive else DOWN,
+                            "age": now - stamp, "alive": alive, "capabilities": capabilities,
+                            "disabled_reason": None})
+        if disabled:
+            by_host = {entry["host"]: entry for entry in entries}
+            for key, raw in disabled.items():
+                host = _text(key)
+                entry = by_host.get(host)
+                if entry is None:  # disabled, never reported
+                    entry = {"service": service, "host": host, "age": None, "alive": False,
+                             "capabilities": {}}
+                    entries.append(entry)
+                entry.update(state=DISABLED, disabled_reason=json.loads(raw)["reason"])
+        return entries

@@ -22,6 +22,7 @@ from managers.base import Manager
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
 from workers.core.config import Config
+from workers.core.registry import HostsView
 from workers.core.specs import ServiceSpec
 
 log = logging.getLogger("taskyard.node")
@@ -44,14 +45,22 @@ def expand_options(options: Mapping[str, Any], config: Config) -> dict[str, Any]
 
 
 class NodeFleet:
-    """The :class:`managers.base.Fleet` a node gives its managers: registry and client."""
+    """The :class:`managers.base.Fleet` a node gives its managers: registry and client.
+
+    :meth:`hosts` reads the registry incrementally (:class:`HostsView`): a
+    placement among thousands of hosts reads only the reports that changed.
+    """
 
     def __init__(self, app: Taskyard) -> None:
         self.app = app
+        self._views: dict[str, HostsView] = {}
 
     def hosts(self, service: str) -> list[dict[str, Any]]:
         self.app.config.service(service)
-        return [record.as_dict() for record in self.app.registry.list(service)]
+        view = self._views.get(service)
+        if view is None:
+            view = self._views[service] = HostsView(service)
+        return view.read(self.app.records, self.app.config.service_down_time)
 
     def cast(self, service: str, method: str, /, host: str | None = None,
              **kwargs: Any) -> str:
