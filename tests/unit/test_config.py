@@ -11,7 +11,9 @@ import pytest
 
 from tests.conftest import REPO_ROOT, make_config
 from workers.core import config as config_mod
-from workers.core.config import DEFAULTS_FILE, MASK, build_config, effective, load_config, masked
+from workers.core.config import build_config, effective, load_config
+from workers.core.masking import MASK, masked
+from workers.core.sources import DEFAULTS_FILE
 from workers.exceptions import ConfigError, InvalidRequest, UnknownService
 
 

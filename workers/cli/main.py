@@ -23,9 +23,10 @@ from workers.client.progress import wait_with_progress
 from workers.client.rpc import Client
 from workers.core.api import version_key
 from workers.core.application import Taskyard, set_default_app
-from workers.core.config import Config, effective, load_config, mask_url
+from workers.core.config import Config, effective, load_config
 from workers.core.deadletters import DeadLetters
 from workers.core.keys import host_queue, nodename
+from workers.core.masking import mask_url
 from workers.exceptions import (
     ConfigError,
     InvalidRequest,

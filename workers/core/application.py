@@ -27,9 +27,10 @@ from celery import Celery
 from kombu import Queue
 
 from workers.core.api import ServiceAPI
-from workers.core.config import Config, load_config, mask_url
+from workers.core.config import Config, load_config
 from workers.core.connections import RedisClients
 from workers.core.keys import host_queue
+from workers.core.masking import mask_url
 from workers.core.registry import Registry
 from workers.core.specs import ServiceSpec, build_specs
 from workers.exceptions import Unavailable

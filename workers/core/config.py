@@ -30,18 +30,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from dynaconf import Dynaconf
 
+from workers.core.masking import MASK, masked
+from workers.core.sources import SettingsFiles, find_settings
 from workers.exceptions import ConfigError, UnknownService
-
-#: The framework defaults, shipped in the package.
-DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
-#: The file a project keeps its settings in, found from the current directory upwards.
-SETTINGS_FILE = "settings.toml"
-#: The file beside it that holds secrets (never committed).
-SECRETS_FILE = ".secrets.toml"
 
 ENVIRONMENTS = ("development", "testing", "production")
 DEFAULT_ENV = "development"
@@ -57,8 +52,6 @@ _INTERNAL_KEYS = frozenset({"SETTINGS", "ENV", "LOAD_DOTENV", "ENV_FOR_DYNACONF"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERSION_RE = re.compile(r"^\d+\.\d+$")
-_SECRET_WORDS = ("password", "secret", "key", "auth", "token")
-MASK = "****"
 
 
 @dataclass(frozen=True)
@@ -181,50 +174,6 @@ class Config:
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with some values replaced (tests and the CLI's flags)."""
         return replace(self, **changes)
-
-
-# -- finding the files ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SettingsFiles:
-    """Where a process's settings come from."""
-
-    #: The project's own files, in order (empty: only the package defaults).
-    files: tuple[Path, ...]
-    #: The directory relative paths are relative to.
-    project_dir: Path
-    #: ``.secrets.toml`` of the project directory, when it exists.
-    secrets: Path | None
-
-    def all(self) -> list[Path]:
-        """Every file dynaconf reads, in order: defaults, project files, secrets."""
-        return [DEFAULTS_FILE, *self.files, *([self.secrets] if self.secrets else [])]
-
-
-def find_settings(environ: Mapping[str, str] | None = None,
-                  cwd: Path | None = None) -> SettingsFiles:
-    """The project's settings files: ``TASKYARD_SETTINGS``, else the nearest ``settings.toml``."""
-    environ = os.environ if environ is None else environ
-    cwd = Path.cwd() if cwd is None else cwd
-    files: list[Path] = []
-    named = [p.strip() for p in environ.get("TASKYARD_SETTINGS", "").split(",") if p.strip()]
-    for name in named:
-        path = (cwd / name).resolve()
-        if not path.is_file():
-            raise ConfigError(
-                f"TASKYARD_SETTINGS names {name!r}, which is not a file "
-                "(give comma-separated paths to existing TOML files)"
-            )
-        files.append(path)
-    if not files:
-        for directory in (cwd, *cwd.parents):
-            if (directory / SETTINGS_FILE).is_file():
-                files.append((directory / SETTINGS_FILE).resolve())
-                break
-    project_dir = files[0].parent if files else cwd.resolve()
-    secrets = project_dir / SECRETS_FILE
-    return SettingsFiles(tuple(files), project_dir, secrets if secrets.is_file() else None)
 
 
 def read_settings(where: SettingsFiles) -> tuple[str, dict[str, Any]]:
@@ -527,38 +476,7 @@ _STRUCTURE_DEPTH = {"services": 3, "celery": 1, "broker_transport_options": 1, "
                     "security": 1, "tls": 1}
 
 
-# -- showing ------------------------------------------------------------------------
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``****``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{netloc}"))
-
-
-def _is_secret(key: str) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
-
-
-def masked(value: Any, key: str = "") -> Any:
-    """A copy of settings safe to print: secret keys and URL passwords hidden."""
-    if key and _is_secret(key) and value not in (None, "", [], {}) and not isinstance(value, bool):
-        return MASK
-    if isinstance(value, Mapping):
-        return {k: masked(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [masked(v) for v in value]
-    if isinstance(value, str) and "://" in value:
-        return mask_url(value)
-    return value
+# -- showing ------------------------------------------------------------------------------
 
 
 def effective(config: Config) -> dict[str, Any]:

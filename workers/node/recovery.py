@@ -38,13 +38,13 @@ import redis
 from celery import bootsteps
 
 from workers.core.application import Taskyard
-from workers.core.config import mask_url
 from workers.core.keys import (
     INFLIGHT_HOSTS_KEY,
     claim_key,
     inflight_key,
     recovery_lock_key,
 )
+from workers.core.masking import mask_url
 from workers.exceptions import ConfigError
 from workers.extensions.transport import QoS
 
