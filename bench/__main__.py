@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import scale
+from bench import monitoring, scale
 from bench.report import table, write_json
 from bench.suite import Options, run
 
@@ -37,8 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["scale"]:  # a suite of its own, with its own options
+    if argv[:1] == ["scale"]:  # suites of their own, with their own options
         return scale.main(argv[1:])
+    if argv[:1] == ["monitoring"]:
+        return monitoring.main(argv[1:])
     args = parse_args(argv)
     options = Options.quick() if args.quick else Options.full()
     options = options.replace(loglevel=args.loglevel, **({"reps": args.reps} if args.reps else {}))

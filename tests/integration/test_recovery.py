@@ -166,3 +166,16 @@ def test_hosts_gone_for_good_are_forgotten_by_the_live_nodes_or_at_once_by_hand(
     assert registry.get(SLOW, "gone-today") is None
     again = run_cli(cluster_env, "services", "forget", SLOW, "gone-today")
     assert again.returncode == 1 and "knows no slow on 'gone-today'" in again.stderr
+
+
+def test_a_request_a_node_holds_is_started_for_its_caller_without_a_backend_write(
+    nodes: Callable[..., Node], client_app: Taskyard, store: redis.Redis,
+) -> None:
+    nodes("starter")
+    handle = Client(SLOW, app=client_app).prepare(host="starter").cast("work", tag="st",
+                                                                        hold=True)
+    wait_for(lambda: handle.state == "STARTED", 30, "the request to be STARTED")
+    assert handle.result.state == "PENDING"  # the node wrote nothing to the backend for it
+    store.set(faults.slow_key("release", "st"), 1)
+    handle.wait(timeout=30)
+    assert handle.state == "SUCCESS"

@@ -68,10 +68,12 @@ def running(app: Celery, timeout: float) -> tuple[list[dict[str, Any]], list[str
     for worker, tasks in sorted(replies.items()):
         for task in tasks or ():
             result = AsyncResult(task["id"], app=app)
-            progress = result.info if result.state == PROGRESS else None
+            state = result.state
+            progress = result.info if state == PROGRESS else None
             found.append({
                 "worker": worker, "id": task["id"], "name": task.get("name"),
-                "kwargs": task.get("kwargs"), "state": result.state,
+                # A node says it runs it: STARTED (nodes write no STARTED to the backend).
+                "kwargs": task.get("kwargs"), "state": "STARTED" if state == "PENDING" else state,
                 "progress": progress if isinstance(progress, dict) else None,
             })
     return found, sorted(replies)

@@ -31,7 +31,7 @@ from workers.core.api import ServiceAPI
 from workers.core.application import Taskyard, default_app
 from workers.core.binding import Binder
 from workers.core.config import Config
-from workers.core.keys import PROGRESS, host_queue, task_name
+from workers.core.keys import INFLIGHT_TASKS_KEY, PROGRESS, host_queue, task_name
 from workers.exceptions import (
     InvalidRequest,
     RemoteError,
@@ -85,8 +85,25 @@ class Handle:
 
     @property
     def state(self) -> str:
-        """Celery's state: PENDING, STARTED, PROGRESS, SUCCESS, FAILURE..."""
-        return str(self.result.state)
+        """Celery's state: PENDING, STARTED, PROGRESS, SUCCESS, FAILURE...
+
+        STARTED comes from the in-flight ledger (a node holds the request),
+        not from the result backend: nodes do not write it there, which
+        saves a write and a publish per request (``task_track_started``).
+        """
+        state = str(self.result.state)
+        if state == "PENDING" and self._taken():
+            return "STARTED"
+        return state
+
+    def _taken(self) -> bool:
+        """Whether a node holds this request now (the Redis broker's in-flight ledger)."""
+        app = self.result.app
+        config = getattr(app, "config", None)
+        if config is None or not config.task_track_started or \
+                not config.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            return False
+        return bool(app.redis(config.broker_url).hexists(INFLIGHT_TASKS_KEY, self.id))
 
     def ready(self) -> bool:
         return bool(self.result.ready())

@@ -142,7 +142,10 @@ def celery_settings(config: Config) -> dict[str, Any]:
         # What Flower needs to show the fleet.
         "worker_send_task_events": config.task_events,
         "task_send_sent_event": config.task_sent_events,
-        "task_track_started": config.task_track_started,
+        # STARTED is not written to the result backend (a write and a publish per
+        # request): a caller's Handle.state derives it from the in-flight ledger, and
+        # Flower from the task-started event.
+        "task_track_started": False,
         "task_queues": queues,
         "task_default_queue": next(iter(config.services), "taskyard"),
         "task_create_missing_queues": True,

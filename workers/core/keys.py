@@ -67,10 +67,12 @@ def periodic_pending_key(service: str, host: str, name: str) -> str:
 #: holding the message, and the hosts that hold any.
 INFLIGHT_OWNERS_KEY = key("inflight")
 INFLIGHT_HOSTS_KEY = key("inflight-hosts")
+#: Task id -> host holding its message: what ``Handle.state`` reports as STARTED.
+INFLIGHT_TASKS_KEY = key("inflight-tasks")
 
 
 def inflight_key(host: str) -> str:
-    """The messages ``host`` holds: delivery tag -> when it took it."""
+    """The messages ``host`` holds: delivery tag -> the task id of the message."""
     return key("inflight", "host", host)
 
 

@@ -43,7 +43,12 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from workers.core.deadletters import DeadLetters, service_of
-from workers.core.keys import INFLIGHT_HOSTS_KEY, INFLIGHT_OWNERS_KEY, inflight_key
+from workers.core.keys import (
+    INFLIGHT_HOSTS_KEY,
+    INFLIGHT_OWNERS_KEY,
+    INFLIGHT_TASKS_KEY,
+    inflight_key,
+)
 
 log = logging.getLogger("taskyard.transport")
 
@@ -68,12 +73,14 @@ class _RecordingCycle:
         return self._inner.rotate(last_used)
 
 
-#: Removes a message from the ledger: its owner's entry, and the owner's own list.
+#: Removes a message from the ledger: its owner's entry, the owner's own list, its task.
 _FORGET = """
 local host = redis.call('HGET', KEYS[1], ARGV[1])
 if host then
+  local task = redis.call('HGET', ARGV[2] .. host, ARGV[1])
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HDEL', ARGV[2] .. host, ARGV[1])
+  if task then redis.call('HDEL', KEYS[2], task) end
 end
 return host
 """
@@ -84,8 +91,11 @@ class QoS(kombu_redis.QoS):
 
     When a node takes a message, kombu records it in ``unacked`` and
     ``unacked_index``; in the same MULTI/EXEC this records its owner
-    (``taskyard:inflight``: delivery tag -> host) and adds it to the owner's
-    list (``taskyard:inflight:<host>``: delivery tag -> time taken). Every
+    (``taskyard:inflight``: delivery tag -> host), adds it to the owner's
+    list (``taskyard:inflight:host:<host>``: delivery tag -> task id) and
+    marks its task as taken (``taskyard:inflight-tasks``: task id -> host,
+    which is how a caller sees a request STARTED without the node writing
+    that state to the result backend). Every
     way kombu removes a message from its indices (ack, reject, restore,
     the visibility sweep) removes it from the ledger in the same
     transaction, so a message is in both or in neither.
@@ -99,15 +109,19 @@ class QoS(kombu_redis.QoS):
             pipe.hset(self.unacked_key, delivery_tag,
                       dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
             if host:
+                task_id = (message.headers or {}).get("id") or ""
                 pipe.hset(INFLIGHT_OWNERS_KEY, delivery_tag, host)
-                pipe.hset(inflight_key(host), delivery_tag, time.time())
+                pipe.hset(inflight_key(host), delivery_tag, task_id)
+                if task_id:
+                    pipe.hset(INFLIGHT_TASKS_KEY, task_id, host)
                 pipe.sadd(INFLIGHT_HOSTS_KEY, host)
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         pipe = super()._remove_from_indices(delivery_tag, pipe)
-        return pipe.eval(_FORGET, 1, INFLIGHT_OWNERS_KEY, delivery_tag, inflight_key(""))
+        return pipe.eval(_FORGET, 2, INFLIGHT_OWNERS_KEY, INFLIGHT_TASKS_KEY, delivery_tag,
+                         inflight_key(""))
 
     def recover(self, host: str) -> int:
         """Put every message ``host`` holds back on its queue; how many went back.
