@@ -58,6 +58,9 @@ def plain_settings(config: Config) -> dict[str, Any]:
         k: v for k, v in settings["broker_transport_options"].items()
         if not k.startswith("taskyard_")}
     settings["task_default_queue"] = NOOP_SERVICE
+    # Plain Celery shows a task STARTED only by writing it to the result backend; taskyard
+    # derives it from its in-flight ledger, so its settings leave that write out.
+    settings["task_track_started"] = config.task_track_started
     return settings
 
 

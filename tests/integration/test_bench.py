@@ -131,3 +131,19 @@ def test_the_scale_run_measures_every_figure_at_every_size(tmp_path: Path) -> No
                     "memory_per_host_bytes"):
             assert math.isfinite(row[key]) and row[key] > 0, (key, row)
     assert "per 1,000 hosts" in done.stdout and "| fanout (no wait) |" in done.stdout
+
+
+def test_the_monitoring_run_compares_four_workers(tmp_path: Path) -> None:
+    out = tmp_path / "monitoring.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "monitoring", "--messages", "50", "--reps", "1",
+         "--json", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"taskyard", "quiet", "plain", "bare"}
+    assert figures["bare"]["throughput_vs_bare"] == 1.0
+    for figure in figures.values():
+        assert figure["throughput"]["median"] > 0 and figure["cpu_us"]["median"] > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -88,8 +87,11 @@ def test_a_periodic_task_runs_at_its_spacing_from_settings(
 ) -> None:
     wait_for(lambda: module_redis.llen("runs:count") >= 4)
     stamps = [float(x) for x in module_redis.lrange("runs:count", 0, 3)]
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert all(gap > 0.05 for gap in gaps), gaps  # 0.1 s from settings, not 3600 s
+    # Runs are sent every 0.1 s (from settings, not the manager's 3600 s). Each waits its
+    # turn in the node's queue, so one gap may be shorter than the spacing when the run
+    # before it waited longer; on average they are the spacing.
+    mean_gap = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    assert 0.05 < mean_gap < 5, stamps
 
 
 def test_a_slow_periodic_task_never_runs_twice_at_once(
