@@ -115,16 +115,22 @@ def test_the_printed_table_has_a_row_per_figure_and_says_what_plain_celery_has(
     assert "track_started=True" in stdout and "task events=True" in stdout
 
 
-def test_the_scale_run_measures_every_figure_at_every_size(tmp_path: Path) -> None:
-    out = tmp_path / "scale.json"
+def run_suite(tmp_path: Path, suite: str, *args: str
+              ) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """``python -m bench SUITE ARGS`` as a user runs it; what it printed, and its JSON."""
+    out = tmp_path / f"{suite}.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "scale", "--sizes", "50,200", "--reps", "1",
-         "--json", str(out)],
+        [sys.executable, "-m", "bench", suite, *args, "--json", str(out)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    return done, json.loads(out.read_text())
+
+
+def test_the_scale_run_measures_every_figure_at_every_size(tmp_path: Path) -> None:
+    done, results = run_suite(tmp_path, "scale", "--sizes", "50,200", "--reps", "1")
+    rows = results["rows"]
     assert [row["hosts"] for row in rows] == [50, 200]
     for row in rows:
         for key in ("fanout_s", "placement_p50_s", "listing_s", "services_s", "status_s",
@@ -134,15 +140,7 @@ def test_the_scale_run_measures_every_figure_at_every_size(tmp_path: Path) -> No
 
 
 def test_the_monitoring_run_compares_four_workers(tmp_path: Path) -> None:
-    out = tmp_path / "monitoring.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "monitoring", "--messages", "50", "--reps", "1",
-         "--json", str(out)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
-        env={k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    figures = json.loads(out.read_text())
+    _, figures = run_suite(tmp_path, "monitoring", "--messages", "50", "--reps", "1")
     assert set(figures) == {"taskyard", "quiet", "plain", "bare"}
     assert figures["bare"]["throughput_vs_bare"] == 1.0
     for figure in figures.values():
