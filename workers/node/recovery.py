@@ -62,6 +62,14 @@ if not held then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 2 end
 return 0
 """
 
+#: Replaces the claim only if it still holds ARGV[1] ("" for none).
+_TAKE_OVER_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if (held or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
 _RELEASE_CLAIM = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -136,10 +144,13 @@ class HostClaim:
         same_machine = holder.get("machine") == machine()
         pid = int(holder.get("pid") or 0)
         if raw is None or (same_machine and pid != os.getpid() and not pid_alive(pid)):
-            # The holder died (on this machine) or the claim just lapsed: take it over.
-            self.redis.set(self.key, self.value, ex=self.ttl)
-            log.info("host name %s taken over from pid %s, which is gone", self.host, pid)
-            return
+            # The holder died (on this machine) or the claim just lapsed: take it over,
+            # unless another node took it in the meantime (then it is that node's).
+            if int(self.redis.eval(_TAKE_OVER_CLAIM, 1, self.key, raw if raw is not None
+                                   else "", self.value, self.ttl)):
+                log.info("host name %s taken over from pid %s, which is gone", self.host, pid)
+                return
+            return self.acquire()
         since = time.time() - float(holder.get("started_at") or time.time())
         raise ConfigError(
             f"host name {self.host!r} is held by a live node: pid {pid} on machine "
