@@ -8,11 +8,13 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
 from celery import Celery
 
 import workers
 from tests.conftest import REPO_ROOT, make_app, make_config
 from workers.core.application import Taskyard, default_app
+from workers.exceptions import ConfigError
 
 
 def test_workers_app_is_the_celery_app_of_the_process_never_a_module() -> None:
@@ -90,3 +92,13 @@ def test_importing_workers_reads_no_settings() -> None:
     loaded = _imported_by("import os; os.environ['TASKYARD_RPC_TIMEOUT'] = '-1'\n"
                           "import workers, workers.exceptions")
     assert "workers.core.application" in loaded
+
+
+def test_a_service_s_spec_is_built_alone_so_a_node_needs_only_its_own_services_code() -> None:
+    base = make_config()
+    broken = replace(base.services["volume"], name="elsewhere",
+                     manager="not_installed_here.managers:Elsewhere")
+    app = Taskyard(base.with_overrides(services={**base.services, "elsewhere": broken}))
+    assert app.spec("volume").manager_cls.__name__ == "VolumeManager"
+    with pytest.raises(ConfigError, match="no module named 'not_installed_here"):
+        app.spec("elsewhere")

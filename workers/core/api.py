@@ -39,9 +39,6 @@ class ServiceAPI:
     version: str
     endpoints: Mapping[str, EndpointAPI] = field(default_factory=dict)
 
-    def task_name(self, method: str) -> str:
-        return task_name(self.service, method)
-
     def binder(self, method: str) -> Binder:
         """The endpoint's binder; :class:`UnknownEndpoint` listing the endpoints otherwise."""
         endpoint = self.endpoints.get(method)

@@ -32,7 +32,7 @@ from workers.core.connections import RedisClients
 from workers.core.keys import host_queue
 from workers.core.masking import mask_url
 from workers.core.registry import Registry
-from workers.core.specs import ServiceSpec, build_specs
+from workers.core.specs import ServiceSpec, build_spec
 from workers.exceptions import Unavailable
 
 #: The worker bootstep that makes a Celery worker a taskyard node (workers.node).
@@ -175,20 +175,27 @@ class Taskyard(Celery):
         self.config = config
         self.redis = RedisClients(config, redis_clients)
         self._apis: dict[tuple[str, str | None], tuple[float, ServiceAPI | None]] = {}
+        self._specs: dict[str, ServiceSpec] = {}
         self.conf.update(celery_settings(config))
         self.loader.override_backends = dict(BACKENDS)
         self.steps["worker"].add(NODE_STEP)
         self.steps["consumer"].add(RECOVER_STEP)
 
-    @cached_property
+    @property
     def specs(self) -> dict[str, ServiceSpec]:
         """Every configured service's spec (manager class, endpoints, periodic tasks)."""
-        return build_specs(self.config)
+        return {name: self.spec(name) for name in self.config.services}
 
     def spec(self, service: str) -> ServiceSpec:
-        """One service's spec; ``UnknownService`` when it is not configured."""
-        self.config.service(service)
-        return self.specs[service]
+        """One service's spec, built once; ``UnknownService`` when it is not configured.
+
+        Built on first use, one service at a time: a node loads the manager
+        classes of the services it serves, not of every configured one.
+        """
+        spec = self._specs.get(service)
+        if spec is None:
+            spec = self._specs[service] = build_spec(self.config.service(service))
+        return spec
 
     def api(self, service: str, version: str | None = None, *,
             refresh: bool = False) -> ServiceAPI | None:

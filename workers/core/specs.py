@@ -3,7 +3,7 @@
 A :class:`ServiceSpec` is built from a service's settings: the manager
 class, one :class:`~workers.core.binding.Binder` per endpoint, the periodic
 tasks with their spacing. An app builds the specs of its configuration once
-(:attr:`workers.core.application.Taskyard.specs`); nodes register one Celery
+(:meth:`workers.core.application.Taskyard.spec`); nodes register one Celery
 task per endpoint from them.
 """
 
@@ -16,7 +16,7 @@ from drivers.loading import load_manager_class
 from managers.base import Manager, PeriodicSpec
 from workers.core.api import ServiceAPI
 from workers.core.binding import Binder
-from workers.core.config import Config, ServiceConfig
+from workers.core.config import ServiceConfig
 from workers.core.keys import task_name
 from workers.exceptions import ConfigError
 
@@ -61,8 +61,3 @@ def build_spec(service: ServiceConfig) -> ServiceSpec:
             )
         periodic[name] = replace(periodic[name], spacing=spacing)
     return ServiceSpec(service.name, service, cls, binders, periodic)
-
-
-def build_specs(config: Config) -> dict[str, ServiceSpec]:
-    """Every configured service's spec."""
-    return {name: build_spec(service) for name, service in config.services.items()}

@@ -149,7 +149,7 @@ class Node:
         except Exception as exc:
             log.warning("first heartbeat of %s failed: %s", self.host, exc)
         self.heartbeat.start()
-        periodic = [(s, p) for s in self.services for p in self.app.specs[s].periodic.values()]
+        periodic = [(s, p) for s in self.services for p in self.app.spec(s).periodic.values()]
         if periodic:
             self.scheduler = PeriodicScheduler(
                 self.app, self.host, self.app.records, periodic,

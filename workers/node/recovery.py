@@ -186,7 +186,6 @@ class Recovery:
             if self.enabled else None
         self.unacked_index = str(app.conf.broker_transport_options.get(
             "unacked_index_key", "unacked_index"))
-        self.recovered: dict[str, int] = {}
 
     def start(self) -> None:
         """Claim the host name before the node does anything else, waiting for Redis.
@@ -232,7 +231,6 @@ class Recovery:
         if restored:
             log.warning("node %s is down (no heartbeat for service_down_time): put its %d "
                         "in-flight message(s) back on their queues", host, restored)
-        self.recovered[host] = self.recovered.get(host, 0) + restored
         return restored
 
     def stop(self) -> None:
