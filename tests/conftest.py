@@ -11,7 +11,6 @@ from typing import Any
 import fakeredis
 import pytest
 
-from managers.base import Manager
 from workers.core.application import Taskyard, set_default_app
 from workers.core.config import Config, load_config
 from workers.testing import InProcessNode, in_memory
@@ -73,11 +72,6 @@ def unit_app(unit_config: Config, fake_redis: fakeredis.FakeRedis) -> Iterator[T
     set_default_app(app)
     yield app
     app.close()
-
-
-def manager_of(app: Taskyard, service: str) -> Manager:
-    """The manager of ``service`` in this process of an in-process node of ``app``."""
-    return InProcessNode(app=app, queues=()).manager(service)
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import fakeredis
 import pytest
 
 from managers.base import Manager, endpoint
-from tests.conftest import in_process_worker, make_app, make_config, manager_of, memory_config
+from tests.conftest import in_process_worker, make_app, make_config, memory_config
 from workers.client.rpc import Client, Handle
 from workers.core.application import Taskyard
 from workers.core.config import Config, ServiceConfig
@@ -25,6 +25,7 @@ from workers.exceptions import (
     UnknownService,
     wire_error,
 )
+from workers.testing.kit import manager_of
 
 
 @wire_error

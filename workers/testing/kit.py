@@ -148,8 +148,13 @@ class InProcessNode:
 
     def manager(self, service: str) -> Manager:
         """The manager of ``service`` the node's tasks run in this process."""
-        task = self.app.tasks[f"{service}.ping"]
-        return task.managers.get(service)  # type: ignore[attr-defined, no-any-return]
+        return manager_of(self.app, service)
+
+
+def manager_of(app: Taskyard, service: str) -> Manager:
+    """The manager of ``service`` that an in-process node of ``app`` runs in this process."""
+    task = app.tasks[f"{service}.ping"]
+    return task.managers.get(service)  # type: ignore[attr-defined, no-any-return]
 
 
 # -- 3. a real node process -------------------------------------------------------------------
