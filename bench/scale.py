@@ -14,7 +14,10 @@ among them. Per N it measures, each the median of its repetitions:
 - ``services``: the ``taskyard services`` command, a process of its own;
 - ``status``: the ``taskyard status`` command (of which up to 1 s is its wait
   for nodes to say what they run);
-- Redis memory per host: ``used_memory`` growth over the N registry entries.
+- Redis memory per host: the growth of the registry's keys (``MEMORY USAGE``
+  of each, every element counted) over the N new entries. Redis's own
+  ``used_memory`` moves with client buffers and allocator state, and at small
+  N that noise is larger than the entries.
 
 It prints one table and the slope of each figure (its growth per 1,000 hosts
 between the smallest and the largest N), and writes the figures as JSON.
@@ -42,6 +45,7 @@ from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
 from workers.core.config import load_config
+from workers.core.keys import registry_key
 from workers.core.registry import Registry
 from workers.testing.kit import environment_set
 
@@ -72,6 +76,12 @@ def simulate(registry: Registry, hosts: Sequence[str]) -> None:
             "capabilities": {"total_gb": total, "free_gb": total - random.randint(0, 400),
                              "provisioned_gb": 0, "backend": "file"},
         })
+
+
+def registry_bytes(records: redis.Redis) -> int:
+    """Bytes the registry's keys take in Redis, every element counted (``SAMPLES 0``)."""
+    return sum(int(records.memory_usage(name, samples=0) or 0)
+               for name in records.scan_iter(match=registry_key("*"), count=1000))
 
 
 def cli_seconds(env: dict[str, str], *args: str) -> float:
@@ -107,12 +117,11 @@ def run(sizes: Sequence[int], reps: int, log: Callable[[str], None]) -> list[dic
         rows = []
         simulated = 0
         for size in sorted(sizes):
-            memory_before = int(records.info("memory")["used_memory"])
+            memory_before = registry_bytes(records)
             hosts = [f"sim-{i:05d}" for i in range(simulated, size)]
             simulate(registry, hosts)
             simulated = size
-            memory_per_host = (int(records.info("memory")["used_memory"]) - memory_before) / \
-                max(1, len(hosts))
+            memory_per_host = (registry_bytes(records) - memory_before) / max(1, len(hosts))
             simulate(registry, [f"sim-{i:05d}" for i in range(size)])  # all seen just now
             log(f"scale: {size} hosts reported; measuring")
 
