@@ -21,6 +21,7 @@ from workers.cli.scaffold import package_name, scaffold
 from workers.cli.status import gather, render
 from workers.client.progress import wait_with_progress
 from workers.client.rpc import Client
+from workers.core.addresses import is_sentinel
 from workers.core.api import version_key
 from workers.core.application import Taskyard, set_default_app
 from workers.core.config import Config, effective, load_config
@@ -171,7 +172,9 @@ def up(host: str | None, concurrency: int, pool: str, loglevel: str, with_flower
     config = load_config()
     server = None
     flower = None
-    if not embedded.answers(config.redis_url, **_tls(config)):
+    # A Sentinel list is a production fleet's: nodes wait for its master as they do for any.
+    if not is_sentinel(config.redis_url) and not embedded.answers(config.redis_url,
+                                                                  **_tls(config)):
         if not (config.embedded_redis and embedded.is_local(config.redis_url)):
             raise ConfigError(
                 f"nothing answers at redis_url {mask_url(config.redis_url)}; start "

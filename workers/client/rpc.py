@@ -24,9 +24,10 @@ from typing import Any
 import redis
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 
 from managers.base import RequestContext, current_context
+from workers.core.addresses import speaks_redis
 from workers.core.api import ServiceAPI
 from workers.core.application import Taskyard, default_app
 from workers.core.binding import Binder
@@ -101,7 +102,7 @@ class Handle:
         app = self.result.app
         config = getattr(app, "config", None)
         if config is None or not config.task_track_started or \
-                not config.broker_url.startswith(("redis://", "rediss://", "unix://")):
+                not speaks_redis(config.broker_url):
             return False
         return bool(app.redis(config.broker_url).hexists(INFLIGHT_TASKS_KEY, self.id))
 
@@ -316,6 +317,15 @@ class Client:
                                                 shadow=shadow, shared=shared)
                         handles.append(Handle(AsyncResult(task_id, app=self.app),
                                               self.service, method, host, self.timeout))
+        except BatchPublishError as exc:
+            if isinstance(exc.__cause__, Unavailable):  # publish_wait_replicas not reached
+                raise Unavailable(f"{len(requests)} {name} requests, {len(handles)} prepared: "
+                                  f"{exc.__cause__}") from exc
+            raise Unavailable(
+                f"the broker failed while sending {len(requests)} {name} requests "
+                f"({exc.__cause__ or exc}); {len(handles)} were prepared, and whether they "
+                "were sent is not known",
+            ) from exc
         except (OperationalError, redis.RedisError) as exc:
             raise Unavailable(
                 f"cannot reach the broker to send {len(requests)} {name} requests: {exc}; "

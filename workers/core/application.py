@@ -26,6 +26,7 @@ import redis
 from celery import Celery
 from kombu import Queue
 
+from workers.core.addresses import is_sentinel
 from workers.core.api import ServiceAPI
 from workers.core.config import Config, load_config
 from workers.core.connections import RedisClients
@@ -41,8 +42,9 @@ NODE_STEP = "workers.node.node:NodeStep"
 RECOVER_STEP = "workers.node.recovery:RecoverStep"
 #: The consumer that dead-letters what it cannot run (workers.extensions).
 CONSUMER = "workers.extensions.consumer:Consumer"
-#: kombu's Redis transport, guarded against poison entries.
+#: kombu's Redis transport, guarded against poison entries; and its Sentinel variant.
 TRANSPORT = "workers.extensions.transport:Transport"
+SENTINEL_TRANSPORT = "workers.extensions.transport:SentinelTransport"
 #: Celery's AMQP helper, checking size and signing every task message it sends.
 AMQP = "workers.extensions.signing:GuardedAMQP"
 #: Result backends that rebuild only declared exceptions, by URL scheme.
@@ -92,6 +94,8 @@ def transport_options(config: Config) -> dict[str, Any]:
         "retry_on_timeout": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
     }
+    if is_sentinel(config.broker_url):
+        options.update(config.sentinel.transport_options())
     options.update(config.broker_transport_options)
     return options
 
@@ -134,9 +138,15 @@ def celery_settings(config: Config) -> dict[str, Any]:
             "taskyard_max_message_bytes": config.max_message_bytes,
             "taskyard_services": sorted(config.services),
             "taskyard_host": config.host,
+            "taskyard_wait_replicas": config.publish_wait_replicas,
+            "taskyard_wait_timeout": config.publish_wait_timeout,
         },
         # Give up on an unreachable result backend after a few seconds, not twenty.
-        "result_backend_transport_options": {**transport, "retry_policy": RESULT_RETRY_POLICY},
+        "result_backend_transport_options": {
+            **transport, "retry_policy": RESULT_RETRY_POLICY,
+            **(config.sentinel.transport_options() if is_sentinel(config.result_backend)
+               else {}),
+        },
         "visibility_timeout": config.visibility_timeout,
         "result_expires": config.result_expires,
         # What Flower needs to show the fleet.
@@ -152,7 +162,9 @@ def celery_settings(config: Config) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
     }
-    if urlsplit(config.broker_url).scheme in ("redis", "rediss"):
+    if is_sentinel(config.broker_url):
+        settings["broker_transport"] = SENTINEL_TRANSPORT
+    elif urlsplit(config.broker_url).scheme in ("redis", "rediss"):
         settings["broker_transport"] = TRANSPORT
     if config.broker_url.startswith("rediss://"):
         settings["broker_use_ssl"] = config.tls.redis_kwargs()

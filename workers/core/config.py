@@ -22,7 +22,6 @@ only ever see the resulting plain values.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import ssl
@@ -30,24 +29,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from dynaconf import Dynaconf
-
+from workers.core.addresses import SentinelConfig, canonical, is_redis_address, is_sentinel
 from workers.core.masking import MASK, masked
-from workers.core.sources import SettingsFiles, find_settings
+from workers.core.sources import DEFAULT_ENV, find_settings, read_settings
 from workers.exceptions import ConfigError, UnknownService
-
-ENVIRONMENTS = ("development", "testing", "production")
-DEFAULT_ENV = "development"
 
 #: ``service_down_time`` must be at least this many report intervals.
 MIN_DOWN_TIME_INTERVALS = 2.5
 #: ``visibility_timeout`` must be at least this many report intervals.
 MIN_VISIBILITY_INTERVALS = 3
-
-#: dynaconf's own bookkeeping keys, never part of taskyard's settings.
-_INTERNAL_KEYS = frozenset({"SETTINGS", "ENV", "LOAD_DOTENV", "ENV_FOR_DYNACONF", "ROOT_PATH"})
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -124,10 +115,17 @@ class Config:
     """The effective settings of one fleet, as plain values (defaults: ``defaults.toml``)."""
 
     env: str
+    #: Redis URLs or Sentinel lists (see :mod:`workers.core.addresses`).
     redis_url: str
     broker_url: str
     result_backend: str
     records_url: str
+    #: What a Sentinel list needs besides the addresses.
+    sentinel: SentinelConfig
+    #: Replicas a sent request must reach before cast/call/cast_many return (0: none).
+    publish_wait_replicas: int
+    #: Seconds to wait for them before :class:`Unavailable`.
+    publish_wait_timeout: float
     host: str
     rpc_timeout: float
     visibility_timeout: int
@@ -176,36 +174,6 @@ class Config:
         return replace(self, **changes)
 
 
-def read_settings(where: SettingsFiles) -> tuple[str, dict[str, Any]]:
-    """The environment's name and the merged settings, keys lower-cased (see :func:`_plain`).
-
-    Reads the files and this process's ``TASKYARD_*`` environment variables.
-    """
-    env = os.environ.get("TASKYARD_ENV") or DEFAULT_ENV
-    if env not in ENVIRONMENTS:
-        raise ConfigError(f"TASKYARD_ENV = {env!r}: expected one of {', '.join(ENVIRONMENTS)}")
-    try:
-        settings = Dynaconf(
-            envvar_prefix="TASKYARD",
-            environments=True,
-            env_switcher="TASKYARD_ENV",
-            env=env,
-            settings_files=[str(p) for p in where.all()],
-            root_path=str(where.project_dir),
-            merge_enabled=True,
-            load_dotenv=False,
-        )
-        data = settings.as_dict()
-    except Exception as exc:  # a TOML syntax error, an unreadable file
-        raise ConfigError(f"cannot read the settings ({exc})") from exc
-    raw = {
-        str(k).lower(): _plain(v, _STRUCTURE_DEPTH.get(str(k).lower(), 1))
-        for k, v in data.items()
-        if k not in _INTERNAL_KEYS
-    }
-    return env, raw
-
-
 def load_config(cwd: Path | None = None) -> Config:
     """Find, read and check this process's settings (its environment; ``cwd`` or its own)."""
     where = find_settings(cwd=cwd)
@@ -232,7 +200,8 @@ def _is_whole(value: Any) -> bool:
 
 
 def _is_redis_url(value: Any) -> bool:
-    return isinstance(value, str) and urlsplit(value).scheme in ("redis", "rediss", "unix")
+    """A Redis URL, or what starts as a Sentinel list (:func:`_urls` says what is wrong in it)."""
+    return isinstance(value, str) and (is_sentinel(value) or is_redis_address(value))
 
 
 def _seconds(value: Any) -> bool:
@@ -242,13 +211,23 @@ def _seconds(value: Any) -> bool:
 #: key -> (check, what is expected). Every key of ``defaults.toml`` but the tables.
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "redis_url": (_is_redis_url,
-                  "a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0"),
+                  "a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0, or a "
+                  "Sentinel list sentinel://HOST:PORT;sentinel://HOST:PORT/DB"),
     "broker_url": (lambda v: isinstance(v, str) and (v == "" or "://" in v),
                    "a URL (scheme://...) or an empty string to derive it from redis_url"),
     "result_backend": (lambda v: isinstance(v, str) and (v == "" or "://" in v),
                        "a URL (scheme://...) or an empty string to derive it from redis_url"),
     "records_url": (lambda v: v == "" or _is_redis_url(v),
-                    "a redis:// URL or an empty string to derive it from redis_url"),
+                    "a redis:// URL, a Sentinel list or an empty string to derive it from "
+                    "redis_url"),
+    "sentinel.master_name": (lambda v: isinstance(v, str),
+                             "the name the sentinels know the master by (empty without "
+                             "Sentinel)"),
+    "sentinel.password": (lambda v: isinstance(v, str), "a string (empty: none)"),
+    "sentinel.socket_timeout": (_seconds, "a number of seconds greater than 0"),
+    "publish_wait_replicas": (lambda v: _is_whole(v) and v >= 0,
+                              "a whole number of replicas, 0 to not wait"),
+    "publish_wait_timeout": (_seconds, "a number of seconds greater than 0"),
     "host": (lambda v: isinstance(v, str) and (v == "" or bool(_HOST_RE.match(v))),
              "a node name of letters, digits, '.', '_' and '-' (empty: the hostname)"),
     "rpc_timeout": (_seconds, "a number of seconds greater than 0"),
@@ -295,6 +274,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 #: Keys whose values are secrets: never shown, even in an error message.
 _SECRET_KEYS = frozenset({"security.signing_key", "security.previous_signing_keys",
+                          "sentinel.password",
                           "flower.basic_auth"})
 
 
@@ -310,7 +290,7 @@ def _get(raw: Mapping[str, Any], key: str) -> Any:
         node = node[part]
     check, expected = _CHECKS[key]
     if not check(node):
-        shown = MASK if key in _SECRET_KEYS else repr(node)
+        shown = MASK if key in _SECRET_KEYS else repr(masked(node))
         raise ConfigError(f"settings key {key!r} = {shown}: expected {expected}")
     return node
 
@@ -368,6 +348,34 @@ def _services(raw: Mapping[str, Any]) -> dict[str, ServiceConfig]:
     return services
 
 
+_URL_KEYS = ("redis_url", "broker_url", "result_backend", "records_url")
+
+
+def _urls(raw: Mapping[str, Any]) -> dict[str, str]:
+    """The four Redis addresses, derived ones filled in, Sentinel lists in canonical form.
+
+    A Sentinel list needs ``sentinel.master_name``; a malformed one is
+    refused with what is wrong in it.
+    """
+    urls: dict[str, str] = {}
+    for key in _URL_KEYS:
+        value = _get(raw, key) or urls.get("redis_url", "")
+        if is_sentinel(value):
+            try:
+                value = canonical(value)
+            except ValueError as exc:
+                raise ConfigError(f"settings key {key!r} = {masked(value)!r} is not a Sentinel "
+                                  f"list: {exc}") from None
+            if not _get(raw, "sentinel.master_name"):
+                raise ConfigError(
+                    f"settings key 'sentinel.master_name' is empty, and {key} is a Sentinel "
+                    "list: set it to the name the sentinels know the master by (sentinel "
+                    "monitor NAME ...), e.g. [default.sentinel] master_name = \"mymaster\""
+                )
+        urls[key] = value
+    return urls
+
+
 def _at_least(raw: Mapping[str, Any], key: str, times: float, base: float, why: str, *,
               of: str = "report_interval") -> None:
     """:class:`ConfigError` unless ``key`` is at least ``times`` x ``base`` (the key ``of``)."""
@@ -387,7 +395,7 @@ def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
     """
     project_dir = Path.cwd() if project_dir is None else project_dir
     get = _get
-    redis_url = get(raw, "redis_url")
+    urls = _urls(raw)
     report_interval = float(get(raw, "report_interval"))
     down_time = float(get(raw, "service_down_time"))
     _at_least(raw, "service_down_time", MIN_DOWN_TIME_INTERVALS, report_interval,
@@ -401,10 +409,14 @@ def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
     tls_files = {name: get(raw, f"tls.{name}") for name in ("ca_certs", "certfile", "keyfile")}
     return Config(
         env=env,
-        redis_url=redis_url,
-        broker_url=get(raw, "broker_url") or redis_url,
-        result_backend=get(raw, "result_backend") or redis_url,
-        records_url=get(raw, "records_url") or redis_url,
+        **urls,
+        sentinel=SentinelConfig(
+            master_name=get(raw, "sentinel.master_name"),
+            password=get(raw, "sentinel.password"),
+            socket_timeout=float(get(raw, "sentinel.socket_timeout")),
+        ),
+        publish_wait_replicas=int(get(raw, "publish_wait_replicas")),
+        publish_wait_timeout=float(get(raw, "publish_wait_timeout")),
         host=get(raw, "host") or socket.gethostname(),
         rpc_timeout=float(get(raw, "rpc_timeout")),
         visibility_timeout=visibility_timeout,
@@ -443,37 +455,6 @@ def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
         sources=sources,
         raw=raw,
     )
-
-
-def _plain(value: Any, lower_depth: int = 0) -> Any:
-    """dynaconf's Box objects as dicts and lists; keys lower-cased ``lower_depth`` levels deep.
-
-    dynaconf keeps the case of keys from files but upper-cases keys that only
-    an environment variable sets (``TASKYARD_CELERY__WORKER_CONCURRENCY``).
-    Settings names are lower-case, so the structural levels are folded;
-    deeper levels are data and keep their case. When a key appears in both
-    cases, the upper-case one came from the environment and wins.
-    """
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        from_env: set[str] = set()
-        for key, item in value.items():
-            key = str(key)
-            name = key.lower() if lower_depth > 0 else key
-            if name in from_env:
-                continue
-            out[name] = _plain(item, lower_depth - 1)
-            if name != key:
-                from_env.add(name)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, lower_depth - 1) for v in value]
-    return value
-
-
-#: How many levels of each top-level table are settings names (folded to lower case).
-_STRUCTURE_DEPTH = {"services": 3, "celery": 1, "broker_transport_options": 1, "flower": 1,
-                    "security": 1, "tls": 1}
 
 
 # -- showing ------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Redis clients for records, the registry and the broker's own lists.
 
-:func:`connect` makes a client with taskyard's timeouts. An app keeps its
+:func:`connect` makes a client with taskyard's timeouts; for a Sentinel list
+it is a client of the master the sentinels name, which asks them again
+when its connection breaks and so follows a failover. An app keeps its
 clients in a :class:`RedisClients`, one per URL per process: a client made in
 a parent before a fork is never used by the child, which makes its own.
 """
@@ -12,7 +14,9 @@ import threading
 from typing import Any
 
 import redis
+from redis.sentinel import Sentinel
 
+from workers.core.addresses import is_sentinel, parse_sentinels
 from workers.core.config import Config
 
 #: Seconds a Redis command may take before it fails (a half-open connection must not hang us).
@@ -23,17 +27,36 @@ CONNECT_TIMEOUT_S = 5.0
 HEALTH_CHECK_INTERVAL_S = 25
 
 
+#: Timeouts and health checks of every client taskyard makes itself.
+_CLIENT_KWARGS: dict[str, Any] = {
+    "socket_timeout": SOCKET_TIMEOUT_S,
+    "socket_connect_timeout": CONNECT_TIMEOUT_S,
+    "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+    "retry_on_timeout": True,
+}
+
+
 def connect(config: Config, url: str) -> redis.Redis:
-    """A new client for ``url`` (redis, rediss or unix), with ``config``'s TLS settings."""
+    """A new client for ``url`` (redis, rediss, unix or a Sentinel list), with ``config``'s TLS."""
+    if is_sentinel(url):
+        return sentinel_master(config, url)[0]
     extra = config.tls.redis_kwargs() if url.startswith("rediss://") else {}
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        retry_on_timeout=True,
-        **extra,
-    )
+    return redis.Redis.from_url(url, **_CLIENT_KWARGS, **extra)
+
+
+def sentinel_master(config: Config, url: str) -> tuple[redis.Redis, Sentinel]:
+    """A client of the master the sentinels of ``url`` name, and the sentinels' client.
+
+    Each new connection asks the sentinels where the master is; a broken one
+    (the master died, or was demoted: READONLY) is dropped, and the client's
+    retries reach the promoted replica once the sentinels name it.
+    """
+    address = parse_sentinels(url)
+    sentinel = Sentinel(list(address.sentinels),
+                        sentinel_kwargs=config.sentinel.sentinel_kwargs(),
+                        db=address.db, username=address.username, password=address.password,
+                        **_CLIENT_KWARGS)
+    return sentinel.master_for(config.sentinel.master_name), sentinel
 
 
 class RedisClients:
@@ -47,6 +70,7 @@ class RedisClients:
         self.config = config
         self.given = dict(given or {})
         self._clients: dict[str, Any] = {}
+        self._sentinels: list[Sentinel] = []
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
@@ -59,13 +83,19 @@ class RedisClients:
             with self._lock:
                 if self._pid != os.getpid():
                     self._clients = {}
+                    self._sentinels = []
                     self._pid = os.getpid()
         client = self._clients.get(url)
         if client is None:
             with self._lock:
                 client = self._clients.get(url)
                 if client is None:
-                    client = self._clients[url] = connect(self.config, url)
+                    if is_sentinel(url):
+                        client, sentinel = sentinel_master(self.config, url)
+                        self._sentinels.append(sentinel)
+                    else:
+                        client = connect(self.config, url)
+                    self._clients[url] = client
         return client
 
     def close(self) -> None:
@@ -73,4 +103,8 @@ class RedisClients:
         if self._pid == os.getpid():
             for client in self._clients.values():
                 client.close()
+            for sentinel in self._sentinels:
+                for one in sentinel.sentinels:
+                    one.close()
         self._clients = {}
+        self._sentinels = []

@@ -14,8 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 MASK = "****"
 _SECRET_WORDS = ("password", "secret", "key", "auth", "token")
 
+
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``****``."""
+    """``url`` with its password replaced by ``****`` (each part of a ``;``-joined list)."""
+    if ";" in url:
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -49,6 +49,7 @@ from workers.core.keys import (
     INFLIGHT_TASKS_KEY,
     inflight_key,
 )
+from workers.exceptions import Unavailable
 
 log = logging.getLogger("taskyard.transport")
 
@@ -156,8 +157,54 @@ class QoS(kombu_redis.QoS):
         return len(moved)
 
 
+class _WaitingPipeline:
+    """A publish pipeline that ends with ``WAIT``: it returns once replicas have its writes.
+
+    ``WAIT`` blocks the connection that sent the writes until that many
+    replicas acknowledged them (or the timeout passed), so it must travel on
+    the same connection: a pipeline is one. Fewer replicas than asked is
+    :class:`Unavailable` — the messages are on the master, and would be lost
+    if it failed before replicating them.
+    """
+
+    def __init__(self, pipeline: Any, replicas: int, timeout_s: float) -> None:
+        self._pipeline = pipeline
+        self.replicas = replicas
+        self.timeout_s = timeout_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipeline, name)
+
+    def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
+        self._pipeline.execute_command("WAIT", self.replicas, max(1, int(self.timeout_s * 1000)))
+        results: list[Any] = self._pipeline.execute(*args, **kwargs)
+        reached = int(results[-1])
+        if reached < self.replicas:
+            raise Unavailable(
+                f"the request reached the Redis master but only {reached} of the "
+                f"{self.replicas} replicas publish_wait_replicas asks for within "
+                f"publish_wait_timeout ({self.timeout_s:g} s): it may still run, or be lost "
+                "if the master fails before replicating it; send it again only if running "
+                "it twice is harmless"
+            )
+        return results[:-1]
+
+
+class _DurableBatch(kombu_redis.PublishBatch):
+    """kombu's publish batch, each flush waiting for the replicas (:class:`_WaitingPipeline`)."""
+
+    def __init__(self, channel: Channel, max_size: int) -> None:
+        super().__init__(channel, max_size)
+        self.pipeline = _WaitingPipeline(self.pipeline, channel.wait_replicas,
+                                         channel.wait_timeout_s)
+
+
 class Channel(kombu_redis.Channel):
-    """A Redis channel that dead-letters entries it cannot hand on, and keeps the ledger."""
+    """A Redis channel that dead-letters entries it cannot hand on, and keeps the ledger.
+
+    With ``taskyard_wait_replicas`` (``publish_wait_replicas``) each message
+    it sends to a queue returns only once that many replicas have it.
+    """
 
     QoS = QoS
 
@@ -166,10 +213,14 @@ class Channel(kombu_redis.Channel):
     taskyard_max_message_bytes: int = 1024 * 1024
     taskyard_services: tuple[str, ...] = ()
     taskyard_host: str | None = None
+    taskyard_wait_replicas: int = 0
+    taskyard_wait_timeout: float = 1.0
 
+    #: The transport options of taskyard's channels (set by the app's settings).
+    TASKYARD_OPTIONS = ("taskyard_max_message_bytes", "taskyard_services", "taskyard_host",
+                        "taskyard_wait_replicas", "taskyard_wait_timeout")
     from_transport_options = (  # type: ignore[assignment]  # a longer tuple than kombu's
-        *kombu_redis.Channel.from_transport_options,
-        "taskyard_max_message_bytes", "taskyard_services", "taskyard_host",
+        *kombu_redis.Channel.from_transport_options, *TASKYARD_OPTIONS,
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -177,6 +228,8 @@ class Channel(kombu_redis.Channel):
         self.max_message_bytes = int(self.taskyard_max_message_bytes)
         self.known_services = set(self.taskyard_services)
         self.host = self.taskyard_host
+        self.wait_replicas = int(self.taskyard_wait_replicas)
+        self.wait_timeout_s = float(self.taskyard_wait_timeout)
         self._queue_cycle = _RecordingCycle(self._queue_cycle, self)
         self._brpop_read = self._guard(kombu_redis.Channel._brpop_read)  # type: ignore[method-assign]
         self._get = self._guard(kombu_redis.Channel._get, takes_queue=True)  # type: ignore[method-assign]
@@ -197,6 +250,25 @@ class Channel(kombu_redis.Channel):
             cached = (pool, super()._create_client())
             self.__dict__["_taskyard_client"] = cached
         return cached[1]
+
+    def create_publish_batch(self, max_size: int) -> Any:
+        if self.wait_replicas:
+            return _DurableBatch(self, max_size)
+        return super().create_publish_batch(max_size)
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        """Push ``message`` onto ``queue``; with replicas to wait for, in one ``WAIT`` pipeline."""
+        if not self.wait_replicas or kwargs.get("_publish_batch") is not None:
+            return super()._put(queue, message, **kwargs)
+        priority = self._get_message_priority(message, reverse=False)
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            waiting = _WaitingPipeline(pipe, self.wait_replicas, self.wait_timeout_s)
+            waiting.lpush(self._q_for_pri(queue, priority), dumps(message))
+            if self._expires and queue in self._expires:
+                for step in self.priority_steps:
+                    waiting.pexpire(self._q_for_pri(queue, step), self._expires[queue])
+            waiting.execute()
+        return None
 
     def _guard(self, method: Callable[..., Any], takes_queue: bool = False) -> Any:
         """``method`` of kombu's channel, run with a ``loads`` that checks the entry."""
@@ -243,3 +315,17 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with :class:`Channel`."""
 
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """:class:`Channel` on a master found through Redis Sentinel (kombu's sentinel channel)."""
+
+    from_transport_options = (  # type: ignore[assignment]
+        *kombu_redis.SentinelChannel.from_transport_options, *Channel.TASKYARD_OPTIONS,
+    )
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel

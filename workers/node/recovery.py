@@ -37,6 +37,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
+from workers.core.addresses import speaks_redis
 from workers.core.application import Taskyard
 from workers.core.keys import (
     INFLIGHT_HOSTS_KEY,
@@ -180,7 +181,7 @@ class Recovery:
         config = app.config
         self.host = config.host
         #: Recovery works on the Redis broker only (the ledger is kombu's Redis bookkeeping).
-        self.enabled = config.broker_url.startswith(("redis://", "rediss://", "unix://"))
+        self.enabled = speaks_redis(config.broker_url)
         self.redis = app.redis(config.broker_url) if self.enabled else None
         self.claim = HostClaim(self.redis, self.host, config.service_down_time) \
             if self.enabled else None
