@@ -198,3 +198,36 @@ class SlowManager(Manager):
 
     def cleanup_host(self) -> None:
         self._record("cleanup", "-")
+
+
+# -- effects outside Redis, for failover tests ------------------------------------------
+
+EFFECTS_MANAGER_PATH = "tests.integration.faults:EffectManager"
+EFFECTS_DRIVER_PATH = "tests.integration.faults:EffectDriver"
+
+
+class EffectDriver:
+    """Makes an effect that survives whatever happens to Redis: files under ``root``.
+
+    ``done/<key>`` is the effect (made once, however often it is asked for);
+    ``runs.log`` gets a line per run, so a test sees how often each key ran.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        (self.root / "done").mkdir(parents=True, exist_ok=True)
+
+    def apply(self, key: str, host: str) -> None:
+        with open(self.root / "runs.log", "a") as log:
+            log.write(f"{key} {host}\n")
+        (self.root / "done" / key).touch()
+
+
+class EffectManager(Manager):
+    """The ``effects`` service: ``record(key)`` makes the effect of ``key``."""
+
+    @endpoint
+    def record(self, key: str) -> str:
+        """Make the effect of ``key``; the host that made it."""
+        self.driver.apply(key, self.host)
+        return self.host

@@ -26,7 +26,7 @@ import redis
 from celery import Celery
 from kombu import Queue
 
-from workers.core.addresses import is_sentinel
+from workers.core.addresses import is_sentinel, parse_sentinels
 from workers.core.api import ServiceAPI
 from workers.core.config import Config, load_config
 from workers.core.connections import RedisClients
@@ -163,7 +163,13 @@ def celery_settings(config: Config) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
     }
     if is_sentinel(config.broker_url):
+        # One part for kombu (see workers.extensions.transport.SentinelChannel), every
+        # sentinel in the transport options.
+        address = parse_sentinels(config.broker_url)
+        settings["broker_url"] = config.broker_url.split(";")[0]
         settings["broker_transport"] = SENTINEL_TRANSPORT
+        settings["broker_transport_options"]["taskyard_sentinels"] = [
+            list(sentinel) for sentinel in address.sentinels]
     elif urlsplit(config.broker_url).scheme in ("redis", "rediss"):
         settings["broker_transport"] = TRANSPORT
     if config.broker_url.startswith("rediss://"):

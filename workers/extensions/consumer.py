@@ -9,6 +9,7 @@ those now also goes to the dead-letter list with the reason, and the caller
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from typing import Any
@@ -22,9 +23,28 @@ from workers.extensions.refusal import header, refuse_message
 
 log = logging.getLogger("taskyard.consumer")
 
+#: How the consumer retries a lost broker: after 0.5 s, then 1 s, 1.5 s ... at most 3 s
+#: apart (kombu's default waits 2, 4, 6 ... 30 s, so a Redis back or a replica promoted
+#: after 2.1 s would wait until 6 s, and one back after a minute up to 30 s more).
+RECONNECT_INTERVALS_S = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 3.0}
+
 
 class Consumer(CeleryConsumer):
     """Celery's consumer, keeping every message it cannot run as a dead letter."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        """Celery's reconnection loop, retrying at :data:`RECONNECT_INTERVALS_S`.
+
+        Celery calls ``conn.ensure_connection`` without intervals; the
+        connection object is this consumer's own, so its method is given
+        the intervals for this one call.
+        """
+        ensure = conn.ensure_connection
+        conn.ensure_connection = functools.partial(ensure, **RECONNECT_INTERVALS_S)
+        try:
+            return super().ensure_connected(conn)
+        finally:
+            del conn.ensure_connection
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         """The broker went away: stop running requests without a verdict.

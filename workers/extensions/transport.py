@@ -37,6 +37,8 @@ from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
+import redis
+import redis.sentinel
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -235,6 +237,22 @@ class Channel(kombu_redis.Channel):
         self._get = self._guard(kombu_redis.Channel._get, takes_queue=True)  # type: ignore[method-assign]
         self.handlers["BRPOP"] = self._brpop_read
 
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        """kombu's connection parameters; a connection error once the connection is closed.
+
+        When the broker fails, Celery closes the connection (kombu drops the
+        channel's pools and forgets the transport's client) while a request
+        finishing in the pool still acknowledges through the old channel.
+        kombu would rebuild a pool from the forgotten client and raise
+        ``AttributeError``, which stops the node; a connection error is what
+        Celery expects there: it logs it and goes on, and the message, still
+        in the in-flight ledger, runs again once the node reconnects.
+        """
+        if self.connection.client is None:
+            raise redis.ConnectionError("this channel's broker connection is closed "
+                                        "(the broker failed or the node is stopping)")
+        return super()._connparams(asynchronous)
+
     def _create_client(self, asynchronous: bool = False) -> Any:
         """One Redis client per channel (and pool) instead of a new one per command.
 
@@ -318,11 +336,44 @@ class Transport(kombu_redis.Transport):
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
-    """:class:`Channel` on a master found through Redis Sentinel (kombu's sentinel channel)."""
+    """:class:`Channel` on a master found through Redis Sentinel (kombu's sentinel channel).
+
+    kombu reads the sentinels from the broker URL's ``;``-separated parts,
+    which also makes them failover alternates: on a connection error kombu
+    switches to the next part and re-resolves the transport from its scheme
+    (``sentinel``), so after the first failover the node would run kombu's
+    own channel, without the ledger and the guards. The app therefore gives
+    kombu one part as the broker URL and every sentinel in the
+    ``taskyard_sentinels`` transport option, which this channel asks.
+    """
+
+    taskyard_sentinels: tuple[tuple[str, int], ...] = ()
 
     from_transport_options = (  # type: ignore[assignment]
         *kombu_redis.SentinelChannel.from_transport_options, *Channel.TASKYARD_OPTIONS,
+        "taskyard_sentinels",
     )
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        """The pool of the master the sentinels name (kombu's, with every sentinel asked)."""
+        params = self._connparams(asynchronous)
+        sentinels = [(str(host), int(port)) for host, port in self.taskyard_sentinels] or \
+            [(params["host"], params["port"])]
+        kwargs = {k: v for k, v in params.items() if k not in ("host", "port")}
+        manager = redis.sentinel.Sentinel(
+            sentinels, min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=getattr(self, "sentinel_kwargs", None), **kwargs)
+        # kombu's _disconnect_pools closes the sentinels' connections through these.
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        master_name = getattr(self, "master_name", None)
+        if not master_name:
+            raise ValueError("the 'master_name' transport option must be set "
+                             "(sentinel.master_name)")
+        credentials = {k: kwargs[k] for k in ("username", "password") if k in kwargs}
+        return manager.master_for(master_name, redis.Redis, **credentials).connection_pool
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
