@@ -92,12 +92,55 @@ def test_celerys_consumer_has_the_hooks_the_dead_letter_consumer_overrides() -> 
         "on_unknown_task": ["self", "body", "message", "exc"],
         "on_invalid_task": ["self", "body", "message", "exc"],
         "on_connection_error_after_connected": ["self", "exc"],
+        "ensure_connected": ["self", "conn"],
     }
     for name, params in expected.items():
         ours = getattr(consumer.Consumer, name)
         theirs = getattr(CeleryConsumer, name)
         assert ours is not theirs, name
         assert list(inspect.signature(theirs).parameters) == params, name
+
+
+def test_celerys_consumer_reconnects_through_conn_ensure_connection_without_intervals() -> None:
+    """The consumer's reconnection loop calls ``conn.ensure_connection`` (given intervals)."""
+    source = inspect.getsource(CeleryConsumer.ensure_connected)
+    assert "conn.ensure_connection(" in source and "interval_" not in source
+    params = inspect.signature(kombu.Connection.ensure_connection).parameters
+    assert "args" in params or "interval_start" in params
+
+
+# -- workers.extensions.transport: Sentinel and durable publishing ------------------------
+
+
+def test_kombus_sentinel_channel_builds_its_pool_in_sentinel_managed_pool() -> None:
+    """SentinelChannel replaces it; kombu's _disconnect_pools closes the managers it keeps."""
+    source = inspect.getsource(kombu_redis.SentinelChannel._get_pool)
+    assert "self._sentinel_managed_pool(asynchronous)" in source
+    assert "client.alt" in inspect.getsource(kombu_redis.SentinelChannel._sentinel_managed_pool)
+    disconnect = inspect.getsource(kombu_redis.Channel._disconnect_pools)
+    assert "_sentinel_manager" in disconnect and "_async_sentinel_manager" in disconnect
+    assert transport.SentinelChannel._sentinel_managed_pool is not \
+        kombu_redis.SentinelChannel._sentinel_managed_pool
+
+
+def test_kombus_failover_switch_takes_the_transport_from_the_next_urls_scheme() -> None:
+    """Why a Sentinel list reaches kombu as one part: a switch to an alternate would
+    replace taskyard's transport by kombu's ``sentinel``."""
+    source = inspect.getsource(kombu.Connection.switch)
+    assert "parse_url(conn_str)" in source and "_init_params" in source
+
+
+def test_kombus_channel_builds_pools_from_the_transports_client() -> None:
+    """A closed connection forgets its transport's client; _connparams reads it."""
+    assert "self.connection.client" in inspect.getsource(kombu_redis.Channel._connparams)
+    assert "self._connparams(" in inspect.getsource(kombu_redis.Channel._get_pool)
+
+
+def test_kombus_publish_batch_runs_its_commands_on_its_pipeline_attribute() -> None:
+    source = inspect.getsource(kombu_redis.PublishBatch)
+    assert "self.pipeline = " in source and "self.pipeline.execute()" in source
+    assert "_publish_batch" in inspect.getsource(kombu_redis.Channel._put)
+    assert "create_publish_batch" in dir(kombu_redis.Channel)
 
 
 # -- workers.extensions.backend ----------------------------------------------------------------

@@ -10,7 +10,9 @@ fixture):
   transport; call it with :class:`~workers.Client` through the real dispatch
   path (argument binding, errors, context, progress).
 - :class:`NodeProcess` against a private :class:`RedisServer`: a real
-  ``taskyard worker`` process for integration tests.
+  ``taskyard worker`` process for integration tests; against a
+  :class:`SentinelRedis` (a master, replicas and three sentinels) to test a
+  failover.
 
 fakeredis is needed for the first two: ``pip install 'taskyard[testing]'``.
 """
@@ -28,6 +30,7 @@ from workers.testing.kit import (
     node_environment,
     wait_for,
 )
+from workers.testing.sentinel import SentinelRedis
 
 __all__ = [
     "FAKE_RECORDS_URL",
@@ -35,6 +38,7 @@ __all__ = [
     "NodeProcess",
     "RedisServer",
     "RemoteFleet",
+    "SentinelRedis",
     "build_manager",
     "in_memory",
     "node_environment",
