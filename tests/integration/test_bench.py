@@ -145,3 +145,13 @@ def test_the_monitoring_run_compares_four_workers(tmp_path: Path) -> None:
     assert figures["bare"]["throughput_vs_bare"] == 1.0
     for figure in figures.values():
         assert figure["throughput"]["median"] > 0 and figure["cpu_us"]["median"] > 0
+
+
+def test_the_durable_run_prices_publish_wait_replicas_against_plain_celery(
+        tmp_path: Path) -> None:
+    done, figures = run_suite(tmp_path, "durable", "--casts", "60", "--reps", "1")
+    assert set(figures) == {"plain", "taskyard", "durable"}
+    for side in figures.values():
+        assert side["cast_per_s"] > 0 and side["cast_p50_ms"] > 0
+    assert figures["durable"]["cast_many_per_s"] > 0
+    assert "wait 1 / wait 0" in done.stdout
