@@ -6,15 +6,17 @@ The failover itself, with real ``redis-server`` processes and sentinels, is
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.sentinel
 
-from tests.conftest import make_config
+from tests.conftest import REPO_ROOT, make_config
 from workers.core.addresses import SentinelList, canonical, is_redis_address, parse_sentinels
 from workers.core.application import SENTINEL_TRANSPORT, TRANSPORT, Taskyard, celery_settings
-from workers.core.config import effective
+from workers.core.config import effective, load_config
 from workers.core.connections import RedisClients, connect
 from workers.core.masking import MASK
 from workers.exceptions import ConfigError, Unavailable
@@ -217,3 +219,18 @@ def test_wait_settings_reach_the_channel(monkeypatch: pytest.MonkeyPatch) -> Non
     options = celery_settings(make_config())["broker_transport_options"]
     assert (options["taskyard_wait_replicas"], options["taskyard_wait_timeout"]) == (2, 0.25)
     assert "taskyard_wait_replicas" in Channel.from_transport_options
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/operations.md"])
+def test_the_documented_sentinel_settings_are_read_as_documented(
+        document: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (REPO_ROOT / document).read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "sentinel://" in b)
+    settings = tmp_path / "production.toml"
+    settings.write_text(block)
+    monkeypatch.setenv("TASKYARD_SETTINGS", f"{REPO_ROOT / 'settings.toml'},{settings}")
+    monkeypatch.setenv("TASKYARD_ENV", "production")
+    config = load_config(cwd=tmp_path)
+    assert config.broker_url.startswith("sentinel://10.0.0.1:26379/0;")
+    assert config.sentinel.master_name == "taskyard"
+    assert celery_settings(config)["broker_transport"] == SENTINEL_TRANSPORT
