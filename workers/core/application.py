@@ -47,6 +47,8 @@ TRANSPORT = "workers.extensions.transport:Transport"
 SENTINEL_TRANSPORT = "workers.extensions.transport:SentinelTransport"
 #: Celery's AMQP helper, checking size and signing every task message it sends.
 AMQP = "workers.extensions.signing:GuardedAMQP"
+#: Task events a node publishes in one step (workers.extensions.events).
+EVENTS = "workers.extensions.events:Events"
 #: Result backends that rebuild only declared exceptions, by URL scheme.
 BACKENDS = {
     "redis": "workers.extensions.backend:RedisBackend",
@@ -189,7 +191,8 @@ class Taskyard(Celery):
 
     def __init__(self, config: Config, *, redis_clients: dict[str, Any] | None = None,
                  set_as_current: bool = False, **kwargs: Any) -> None:
-        super().__init__("taskyard", set_as_current=set_as_current, amqp=AMQP, **kwargs)
+        super().__init__("taskyard", set_as_current=set_as_current, amqp=AMQP, events=EVENTS,
+                         **kwargs)
         self.config = config
         self.redis = RedisClients(config, redis_clients)
         self._apis: dict[tuple[str, str | None], tuple[float, ServiceAPI | None]] = {}

@@ -125,6 +125,19 @@ class SentinelRedis:
         address: tuple[str, int] = wait_for(promoted, timeout, "a replica to be promoted")
         return address
 
+    def wait_replicas_online(self, count: int = 1, timeout: float = 60.0) -> None:
+        """Wait until the master has ``count`` replicas in sync (after a failover, the
+        others resynchronise with the promoted one: until then ``WAIT`` counts fewer)."""
+
+        def online() -> bool:
+            info = _ask(self.master_address()[1], lambda client: client.info("replication"))
+            if not info:
+                return False
+            states = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            return sum(1 for s in states if s.get("state") == "online") >= count
+
+        wait_for(online, timeout, f"{count} replica(s) in sync with the master")
+
     def stop(self) -> None:
         for process in [*self.sentinels, *self.servers]:
             process.stop()
