@@ -6,7 +6,8 @@ Flower needs), a taskyard node without them, a plain Celery worker with the
 same monitoring, and a bare plain Celery worker (no events, no STARTED, its
 caller sending no sent events). Per side: throughput (first send to last result) and the worker's
 CPU per message; and the ratios against the bare worker, which show what
-monitoring costs each.
+monitoring costs each (per repetition, against the bare worker's run of the
+same repetition; their median and range).
 """
 
 from __future__ import annotations
@@ -91,11 +92,15 @@ def run(n: int, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
     figures = {side: {"throughput": Stats.of(rate).as_dict(),
                       "cpu_us": Stats.of(cpu[side]).as_dict()}
                for side, rate in zip(senders, rates, strict=True)}
-    base_rate = figures["bare"]["throughput"]["median"]
-    base_cpu = figures["bare"]["cpu_us"]["median"]
-    for side in figures:
-        figures[side]["throughput_vs_bare"] = figures[side]["throughput"]["median"] / base_rate
-        figures[side]["cpu_vs_bare"] = figures[side]["cpu_us"]["median"] / base_cpu
+    # Each repetition's ratio to the bare worker's run of the same repetition, then their
+    # median: the machine's speed drifts between repetitions (by a third on a shared
+    # machine), and a ratio of medians from different moments would carry that drift.
+    bare_rates = rates[list(senders).index("bare")]
+    for side, rate in zip(senders, rates, strict=True):
+        figures[side]["throughput_vs_bare"] = Stats.of(
+            [a / b for a, b in zip(rate, bare_rates, strict=True)]).as_dict()
+        figures[side]["cpu_vs_bare"] = Stats.of(
+            [a / b for a, b in zip(cpu[side], cpu["bare"], strict=True)]).as_dict()
     return figures
 
 
@@ -103,13 +108,18 @@ def table(figures: dict[str, Any]) -> str:
     names = {"taskyard": "taskyard node (monitoring on: the defaults)",
              "quiet": "taskyard node, no monitoring",
              "plain": "plain Celery, same monitoring", "bare": "plain Celery, no monitoring"}
-    lines = ["| worker (solo) | throughput (msg/s) | vs bare | worker CPU per message (µs) "
-             "| vs bare |", "|---|---|---|---|---|"]
+    lines = ["| worker (solo) | throughput (msg/s) | vs bare (range) | worker CPU per message "
+             "(µs) | vs bare (range) |", "|---|---|---|---|---|"]
     for side, figure in figures.items():
         lines.append(f"| {names[side]} | {figure['throughput']['median']:,.0f} | "
-                     f"{figure['throughput_vs_bare']:.2f} | {figure['cpu_us']['median']:,.0f} | "
-                     f"{figure['cpu_vs_bare']:.2f} |")
+                     f"{_ratio(figure['throughput_vs_bare'])} | "
+                     f"{figure['cpu_us']['median']:,.0f} | {_ratio(figure['cpu_vs_bare'])} |")
     return "\n".join(lines)
+
+
+def _ratio(stats: dict[str, Any]) -> str:
+    """A paired ratio: its median, and the range over the repetitions."""
+    return f"{stats['median']:.2f} ({stats['min']:.2f} to {stats['max']:.2f})"
 
 
 def main(argv: list[str] | None = None) -> int:
