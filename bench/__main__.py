@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from bench import durable, monitoring, scale
-from bench.report import table, write_json
+from bench.report import progress, table, write_json
 from bench.suite import Options, run
 
 HERE = Path(__file__).resolve().parent
@@ -47,9 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     options = Options.quick() if args.quick else Options.full()
     options = options.replace(loglevel=args.loglevel, **({"reps": args.reps} if args.reps else {}))
     path = args.json or HERE / ("results-quick.json" if args.quick else "results.json")
-
-    def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
 
     figures, meta = run(options, log=progress)
     meta["mode"] = "quick" if args.quick else "full"

@@ -18,10 +18,8 @@ taskyard's defaults do.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ import redis
 from bench.harness import PROJECT_ROOT, child_environment, interleaved, wait_for
 from bench.noop import SERVICE
 from bench.plain import NOOP_SERVICE, create_plain_app
+from bench.report import emit, progress
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
@@ -85,7 +84,7 @@ def run(casts: int, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
 
         def batched(side: str) -> Callable[[], float]:
             def measure() -> float:
-                calls = [{}] * BATCH
+                calls: list[dict[str, Any]] = [{}] * BATCH
                 started = time.perf_counter()
                 for _ in range(max(1, casts // BATCH)):
                     clients[side].cast_many("noop", calls)
@@ -137,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="repetitions (interleaved)")
     parser.add_argument("--json", type=Path, default=HERE / "results-durable.json")
     args = parser.parse_args(argv)
-    figures = run(args.casts, args.reps, lambda line: print(line, file=sys.stderr, flush=True))
-    print(table(figures))
-    args.json.write_text(json.dumps(figures, indent=2))
-    print(f"\nwritten to {args.json}")
+    figures = run(args.casts, args.reps, progress)
+    emit(table(figures), figures, args.json)
     return 0

@@ -13,8 +13,6 @@ same repetition; their median and range).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +22,7 @@ from bench.harness import Stats, Worker, interleaved, node_command, plain_comman
 from bench.lab import NODE_SERVICES, PLAIN_SERVICES, Lab, elapsed_since
 from bench.noop import SERVICE
 from bench.plain import NOOP_SERVICE, create_plain_app
+from bench.report import emit, progress
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
 from workers.core.keys import host_queue
@@ -128,8 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--json", type=Path, default=HERE / "results-monitoring.json")
     args = parser.parse_args(argv)
-    figures = run(args.messages, args.reps, lambda line: print(line, file=sys.stderr, flush=True))
-    print(table(figures))
-    args.json.write_text(json.dumps(figures, indent=2))
-    print(f"\nwritten to {args.json}")
+    figures = run(args.messages, args.reps, progress)
+    emit(table(figures), figures, args.json)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,15 @@ def write_json(path: Path, figures: list[Figure], meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"meta": meta, "figures": [f.as_dict() for f in figures]}
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def progress(line: str) -> None:
+    """A suite's progress line, on stderr (stdout carries the table)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def emit(text: str, figures: Any, path: Path) -> None:
+    """Print a suite's table, write its figures as JSON to ``path``, and say where."""
+    print(text)
+    path.write_text(json.dumps(figures, indent=2))
+    print(f"\nwritten to {path}")

@@ -26,7 +26,6 @@ between the smallest and the largest N), and writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
 import statistics
@@ -41,6 +40,7 @@ from typing import Any
 import redis
 
 from bench.harness import PROJECT_ROOT, Worker, child_environment, node_command, wait_for
+from bench.report import emit, progress
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
@@ -190,10 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="repetitions per figure")
     parser.add_argument("--json", type=Path, default=HERE / "results-scale.json")
     args = parser.parse_args(argv)
-    rows = run(args.sizes, args.reps, lambda line: print(line, file=sys.stderr, flush=True))
-    print(table(rows))
-    args.json.write_text(json.dumps({"rows": rows, "targets": TARGETS}, indent=2))
-    print(f"\nwritten to {args.json}")
+    rows = run(args.sizes, args.reps, progress)
+    emit(table(rows), {"rows": rows, "targets": TARGETS}, args.json)
     missed = [k for k, v in TARGETS.items() if rows[-1][k] > v]
     if missed:
         print(f"targets not met at {rows[-1]['hosts']:,} hosts: {', '.join(missed)}")

@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from workers.core.addresses import speaks_redis
+from workers.core.addresses import is_redis_address
 from workers.core.application import Taskyard
 from workers.core.keys import PROGRESS, host_queue
 from workers.core.registry import ServiceRecord
@@ -30,7 +30,7 @@ def queue_lengths(app: Taskyard, records: list[ServiceRecord]) -> dict[str, int]
     gone, or that never existed, is listed too.
     """
     config = app.config
-    if not speaks_redis(config.broker_url):
+    if not is_redis_address(config.broker_url):
         return {}
     services = set(config.services) | {r.service for r in records}
     names = services | {host_queue(r.service, r.host) for r in records}

@@ -27,7 +27,7 @@ from celery.result import AsyncResult
 from kombu.exceptions import BatchPublishError, OperationalError
 
 from managers.base import RequestContext, current_context
-from workers.core.addresses import speaks_redis
+from workers.core.addresses import is_redis_address
 from workers.core.api import ServiceAPI
 from workers.core.application import Taskyard, default_app
 from workers.core.binding import Binder
@@ -102,7 +102,7 @@ class Handle:
         app = self.result.app
         config = getattr(app, "config", None)
         if config is None or not config.task_track_started or \
-                not speaks_redis(config.broker_url):
+                not is_redis_address(config.broker_url):
             return False
         return bool(app.redis(config.broker_url).hexists(INFLIGHT_TASKS_KEY, self.id))
 

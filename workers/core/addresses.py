@@ -135,11 +135,6 @@ def is_redis_address(value: Any) -> bool:
         return False
 
 
-def speaks_redis(url: str) -> bool:
-    """Whether ``url`` (a broker's) is a Redis of taskyard's transport: a URL or a Sentinel list."""
-    return is_sentinel(url) or url.startswith(("redis://", "rediss://", "unix://"))
-
-
 def canonical(url: str) -> str:
     """``url`` as every client reads it alike: a Sentinel list rewritten, anything else as is."""
     return parse_sentinels(url).url() if is_sentinel(url) else url

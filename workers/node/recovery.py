@@ -37,7 +37,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
-from workers.core.addresses import speaks_redis
+from workers.core.addresses import is_redis_address
 from workers.core.application import Taskyard
 from workers.core.keys import (
     INFLIGHT_HOSTS_KEY,
@@ -181,7 +181,7 @@ class Recovery:
         config = app.config
         self.host = config.host
         #: Recovery works on the Redis broker only (the ledger is kombu's Redis bookkeeping).
-        self.enabled = speaks_redis(config.broker_url)
+        self.enabled = is_redis_address(config.broker_url)
         self.redis = app.redis(config.broker_url) if self.enabled else None
         self.claim = HostClaim(self.redis, self.host, config.service_down_time) \
             if self.enabled else None
