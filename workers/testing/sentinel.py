@@ -38,10 +38,15 @@ class _Sentinel(RedisServer):
         self.master_port = master_port
         self.down_after_ms = down_after_ms
 
-    def command(self) -> list[str]:
-        conf = self.data_dir / "sentinel.conf"
+    @property
+    def conf(self) -> Path:
+        return self.data_dir / "sentinel.conf"
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> _Sentinel:
+        """Write the sentinel's file (it rewrites it as it learns), then start it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         name = self.master_name
-        conf.write_text("\n".join([
+        self.conf.write_text("\n".join([
             f"port {self.port}", "bind 127.0.0.1", f"dir {self.data_dir}",
             f"logfile {self.log_path}",
             f"sentinel monitor {name} 127.0.0.1 {self.master_port} {QUORUM}",
@@ -49,7 +54,11 @@ class _Sentinel(RedisServer):
             f"sentinel failover-timeout {name} {max(3000, 3 * self.down_after_ms)}",
             f"sentinel parallel-syncs {name} 1", "",
         ]))
-        return [self.binary, str(conf), "--sentinel"]
+        super().start(timeout)
+        return self
+
+    def command(self) -> list[str]:
+        return [self.binary, str(self.conf), "--sentinel"]
 
 
 class SentinelRedis:
