@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
+from kombu.utils.encoding import bytes_to_str
 
 from workers.core.addresses import is_redis_address
 from workers.core.application import Taskyard
@@ -36,7 +37,7 @@ def queue_lengths(app: Taskyard, records: list[ServiceRecord]) -> dict[str, int]
     names = services | {host_queue(r.service, r.host) for r in records}
     client = app.redis(config.broker_url)
     for service in services:
-        names.update(_text(key) for key in client.scan_iter(match=f"{service}.*", count=1000,
+        names.update(bytes_to_str(key) for key in client.scan_iter(match=f"{service}.*", count=1000,
                                                              _type="list"))
     ordered = sorted(names)
     pipe = client.pipeline(transaction=False)
@@ -57,9 +58,6 @@ def orphans(queues: dict[str, int], records: list[ServiceRecord]) -> list[str]:
             found.append(name)
     return found
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def running(app: Celery, timeout: float) -> tuple[list[dict[str, Any]], list[str]]:

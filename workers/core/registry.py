@@ -28,6 +28,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from kombu.utils.encoding import bytes_to_str
+
 from workers.core.api import ServiceAPI, version_key
 from workers.core.config import Config
 from workers.core.connections import connect
@@ -96,9 +98,6 @@ class ServiceRecord:
         }
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
 
 class Registry:
     """Reads and writes the registry in one Redis."""
@@ -125,7 +124,7 @@ class Registry:
             args=[service, host, json.dumps(info, separators=(",", ":"), default=str),
                   str(info.get("rpc_api_version") or "")],
         )
-        return float(_text(stamp))
+        return float(bytes_to_str(stamp))
 
     def publish_api(self, api: ServiceAPI) -> None:
         """Publish the API of ``api.service`` at ``api.version`` for callers."""
@@ -165,7 +164,7 @@ class Registry:
                       registry_key(service, "disabled")],
                 args=[older_than],
             ):
-                forgotten.append((service, _text(host)))
+                forgotten.append((service, bytes_to_str(host)))
         return forgotten
 
     def disable(self, service: str, host: str, reason: str) -> None:
@@ -188,7 +187,7 @@ class Registry:
         return float(seconds) + float(micros) / 1e6
 
     def services(self) -> list[str]:
-        return sorted(_text(s) for s in self.redis.smembers(registry_key("services")))
+        return sorted(bytes_to_str(s) for s in self.redis.smembers(registry_key("services")))
 
     def list(self, service: str | None = None) -> list[ServiceRecord]:
         """Every known service on every host (or of one service), sorted."""
@@ -208,7 +207,7 @@ class Registry:
             # Keys as Redis returned them (bytes, or str with decode_responses): each host's
             # three entries are looked up with the same key, decoded once.
             for key in sorted(set(infos).union(disabled)):
-                host = _text(key)
+                host = bytes_to_str(key)
                 raw_info = infos.get(key)
                 info = json.loads(raw_info) if raw_info else {}
                 raw_seen = seen.get(key)
@@ -253,7 +252,7 @@ class Registry:
             except ValueError:
                 continue
             last = seen.get(version)
-            found[_text(version)] = (api, now - float(_text(last)) if last else float("inf"))
+            found[bytes_to_str(version)] = (api, now - float(last) if last else float("inf"))
         return found
 
     def api(self, service: str, version: str | None = None) -> ServiceAPI | None:
@@ -284,7 +283,7 @@ class Registry:
         pipe.hgetall(registry_key(service, "seen"))
         (seconds, micros), seen = pipe.execute()
         oldest = float(seconds) + float(micros) / 1e6 - self.service_down_time
-        return sorted(_text(host) for host, at in seen.items() if float(at) >= oldest)
+        return sorted(bytes_to_str(host) for host, at in seen.items() if float(at) >= oldest)
 
 
 class HostsView:
@@ -317,7 +316,7 @@ class HostsView:
             for key, raw in zip(changed, redis.hmget(registry_key(self.service), changed),
                                 strict=True):
                 info = json.loads(raw) if raw else {}
-                reports[key] = (seen[key], float(seen[key]), _text(key),
+                reports[key] = (seen[key], float(seen[key]), bytes_to_str(key),
                                 dict(info.get("capabilities") or {}))
         if len(reports) > len(seen):
             for key in [key for key in reports if key not in seen]:
@@ -333,7 +332,7 @@ class HostsView:
         if disabled:
             by_host = {entry["host"]: entry for entry in entries}
             for key, raw in disabled.items():
-                host = _text(key)
+                host = bytes_to_str(key)
                 entry = by_host.get(host)
                 if entry is None:  # disabled, never reported
                     entry = {"service": service, "host": host, "age": None, "alive": False,

@@ -36,6 +36,7 @@ from typing import Any
 
 import redis
 from celery import bootsteps
+from kombu.utils.encoding import bytes_to_str
 
 from workers.core.addresses import is_redis_address
 from workers.core.application import Taskyard
@@ -115,9 +116,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 class HostClaim:
     """This node's hold on its host name: one live node per name."""
@@ -139,7 +137,7 @@ class HostClaim:
             return
         raw = self.redis.get(self.key)
         try:
-            holder = json.loads(_text(raw)) if raw is not None else {}
+            holder = json.loads(bytes_to_str(raw)) if raw is not None else {}
         except ValueError:
             holder = {}
         same_machine = holder.get("machine") == machine()
@@ -215,7 +213,7 @@ class Recovery:
                         time.time())
         dead = self.redis.eval(_DEAD_HOSTS, 1, INFLIGHT_HOSTS_KEY, claim_key(""),
                                inflight_key(""))
-        for host in (_text(h) for h in dead):
+        for host in (bytes_to_str(h) for h in dead):
             if host != self.host:
                 self.recover_dead(host)
 

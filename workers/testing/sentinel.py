@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from kombu.utils.encoding import bytes_to_str
 
 from workers.cli.embedded import START_TIMEOUT_S, RedisServer
 from workers.testing.kit import wait_for
@@ -108,8 +109,7 @@ class SentinelRedis:
             named = _ask(sentinel.port,
                          lambda client: client.sentinel_get_master_addr_by_name(self.master_name))
             if named:
-                host = named[0].decode() if isinstance(named[0], bytes) else str(named[0])
-                return host, int(named[1])
+                return str(bytes_to_str(named[0])), int(named[1])
         raise redis.ConnectionError("no sentinel answers")
 
     def kill_master(self) -> RedisServer:
