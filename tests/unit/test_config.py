@@ -205,6 +205,8 @@ def test_missing_extra_settings_file_is_a_config_error_naming_the_path(tmp_path:
          "a whole number of seconds greater than 0"),
         ("TASKYARD_HOST", "a b", "host", "'a b'", "a node name of letters, digits"),
         ("TASKYARD_EMBEDDED_REDIS", "1", "embedded_redis", "1", "true or false"),
+        ("TASKYARD_TASK_EVENTS_INTERVAL", "60", "task_events_interval", "60",
+         "a number of seconds from 0 (publish at once) to 10"),
     ],
 )
 def test_invalid_value_names_the_key_the_value_and_what_is_expected(

@@ -14,8 +14,11 @@ from tests.conftest import make_config
 from workers.cli.flower import check_exposure, flower_argv, flower_environment
 from workers.cli.status import render as render_status
 from workers.client.progress import render, wait_with_progress
+from workers.core.application import Taskyard
 from workers.core.config import FlowerConfig
 from workers.exceptions import ConfigError, Timeout
+from workers.extensions.consumer import EVENTS_TIMER_SLACK_S, Consumer
+from workers.extensions.events import BATCH_LIMIT, EventDispatcher
 from workers.node.logs import LOG_FORMAT, RequestIdFilter
 
 
@@ -156,3 +159,123 @@ def test_status_renders_nodes_queues_and_progress() -> None:
     assert "volume                              3 waiting" in text
     assert "volume.create_volume" in text and "01234567  2/8 wrote 128 MiB" in text
     assert "RUNNING  (nodes answering: 1)" in text
+
+
+# -- a node's task events ---------------------------------------------------------------------
+
+
+class LoopHub:
+    """The calls a consumer makes on its event loop, run when the test says."""
+
+    def __init__(self) -> None:
+        self.soon: list[Any] = []
+        self.later: list[tuple[float, Any]] = []
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        self.soon.append(lambda: callback(*args))
+
+    def call_later(self, delay: float, callback: Any) -> None:
+        self.later.append((delay, callback))
+
+    def turn(self) -> None:
+        soon, self.soon = self.soon, []
+        for callback in soon:
+            callback()
+
+
+class Flushes:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def flush(self) -> None:
+        self.count += 1
+
+
+def gathering_consumer(interval: float) -> tuple[Any, LoopHub, Flushes]:
+    consumer: Any = object.__new__(Consumer)  # the event hooks only: no broker, no pool
+    consumer.app = type("App", (), {"config": make_config().with_overrides(
+        task_events_interval=interval)})()
+    consumer.hub, consumer.event_dispatcher = LoopHub(), Flushes()
+    return consumer, consumer.hub, consumer.event_dispatcher
+
+
+def test_a_node_publishes_what_it_gathered_once_per_interval() -> None:
+    consumer, hub, dispatcher = gathering_consumer(0.25)
+    for _ in range(30):  # ten requests' events within one interval
+        consumer.on_send_event_buffered()
+    hub.turn()
+    assert [delay for delay, _ in hub.later] == [0.25] and dispatcher.count == 0
+    hub.later.pop()[1]()
+    assert dispatcher.count == 1
+    consumer.on_send_event_buffered()  # the next interval's first event arms the timer again
+    hub.turn()
+    assert len(hub.later) == 1
+
+
+def test_a_timer_lost_with_its_loop_is_armed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer, hub, _ = gathering_consumer(0.25)
+    clock = [100.0]
+    monkeypatch.setattr("workers.extensions.consumer.time.monotonic", lambda: clock[0])
+    consumer.on_send_event_buffered()
+    hub.turn()
+    hub.later.clear()  # the loop went away with the timer (a reconnection)
+    consumer.on_send_event_buffered()
+    hub.turn()
+    assert hub.later == []
+    clock[0] += 0.25 + EVENTS_TIMER_SLACK_S
+    consumer.on_send_event_buffered()
+    hub.turn()
+    assert len(hub.later) == 1
+
+
+def test_a_stopping_node_publishes_what_it_gathered() -> None:
+    consumer, _, dispatcher = gathering_consumer(10)
+    consumer.on_send_event_buffered()
+    consumer._publish_due_events()  # what stop() and shutdown() do before Celery's steps close
+    assert dispatcher.count == 1 and consumer._events_due_by == 0
+
+
+def test_an_interval_of_zero_publishes_at_the_next_turn_as_celery_does() -> None:
+    consumer, hub, dispatcher = gathering_consumer(0)
+    consumer._flush_events_promise = consumer._flush_events
+    consumer.on_send_event_buffered()
+    hub.turn()
+    assert dispatcher.count == 1 and hub.later == []
+
+
+def node_dispatcher(app: Any) -> tuple[Any, list[Any]]:
+    dispatcher = app.events.Dispatcher(app.connection_for_write(), hostname="n@h",
+                                       buffer_group=["task"], enabled=True)
+    published: list[Any] = []
+    dispatcher._publish = lambda event, producer, routing_key, **kw: published.append(
+        (routing_key, event))
+    return dispatcher, published
+
+
+def test_a_nodes_events_go_out_in_messages_of_up_to_the_batch_limit() -> None:
+    app = Taskyard(make_config().with_overrides(broker_url="memory://",
+                                                result_backend="cache+memory://"))
+    dispatcher, published = node_dispatcher(app)
+    assert isinstance(dispatcher, EventDispatcher) and dispatcher.buffer_limit == BATCH_LIMIT
+    for index in range(BATCH_LIMIT + 5):
+        dispatcher.send("task-received", uuid=str(index))
+    assert [(key, len(events)) for key, events in published] == [("task.multi", BATCH_LIMIT)]
+    dispatcher.flush()
+    assert [len(events) for _, events in published] == [BATCH_LIMIT, 5]
+    app.close()
+
+
+def test_a_reconnected_node_keeps_the_events_it_had_gathered() -> None:
+    """Celery's worker carries over only failed sends; gathered task events come along too."""
+    app = Taskyard(make_config().with_overrides(broker_url="memory://",
+                                                result_backend="cache+memory://"))
+    lost, _ = node_dispatcher(app)
+    lost.send("task-received", uuid="a")
+    lost.send("task-started", uuid="a")
+    fresh, published = node_dispatcher(app)
+    fresh.extend_buffer(lost)  # what Celery's events step does with the old dispatcher
+    fresh.flush()
+    assert [[(e["type"], e["uuid"]) for e in events] for _, events in published] == [
+        [("task-received", "a"), ("task-started", "a")]]
+    assert not any(lost._group_buffer.values())
+    app.close()

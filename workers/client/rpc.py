@@ -42,6 +42,7 @@ from workers.exceptions import (
     UnknownService,
 )
 from workers.extensions.signing import seal
+from workers.extensions.transport import Channel
 
 #: Messages per pipelined round trip of ``cast_many`` and ``fanout``.
 DEFAULT_BATCH_SIZE = 500
@@ -342,8 +343,10 @@ class Client:
         The body is serialized once (to size it, sign it and send it). Its
         result is subscribed to only when asked (a call waits at once; a cast
         subscribes when its handle is waited on, reading the stored result
-        first, so nothing is missed). ``retry`` lets a broken pooled
-        connection be replaced transparently (never inside a publish batch).
+        first, so nothing is missed). ``retry`` marks a message sent on its
+        own: it goes out with its task-sent event in one round trip, and a
+        broken pooled connection is replaced transparently (never inside a
+        publish batch, where the batch's pipeline carries both).
         """
         task_id = str(uuid.uuid4())
         headers = shared.headers if shared is not None else self._request_headers()
@@ -359,16 +362,22 @@ class Client:
             shared.payload = payload  # the body is the same for every message of the batch
         if subscribe:
             self.app.backend.on_task_call(producer, task_id)
+        sent = ({**sent_event, "queue": queue, "exchange": "", "routing_key": queue}
+                if events is not None and sent_event else None)
+        if retry and isinstance(producer.channel, Channel):
+            event = events.prepare("task-sent", sent) if sent is not None else None
+            producer.connection.ensure(producer, lambda: producer.channel.send_request(
+                queue, payload, task_headers, properties, event),
+                **self.app.conf.task_publish_retry_policy)()
+            return task_id
         policy = self.app.conf.task_publish_retry_policy if retry else None
         producer.publish(
             payload, exchange="", routing_key=queue, content_type="application/json",
             content_encoding="utf-8", declare=(), headers=task_headers, retry=retry,
             retry_policy=policy, **properties,
         )
-        if events is not None and sent_event:
-            events.publish("task-sent", {**sent_event, "queue": queue, "exchange": "",
-                                         "routing_key": queue}, producer, retry=retry,
-                           retry_policy=policy)
+        if sent is not None:
+            events.publish("task-sent", sent, producer, retry=retry, retry_policy=policy)
         return task_id
 
     def _request_headers(self) -> dict[str, Any]:

@@ -144,6 +144,8 @@ class Config:
     task_events: bool
     task_sent_events: bool
     task_track_started: bool
+    #: Seconds a node gathers its task events before publishing them in one message.
+    task_events_interval: float
     flower: FlowerConfig
     security: SecurityConfig
     tls: TLSConfig
@@ -248,6 +250,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task_events": (lambda v: isinstance(v, bool), "true or false"),
     "task_sent_events": (lambda v: isinstance(v, bool), "true or false"),
     "task_track_started": (lambda v: isinstance(v, bool), "true or false"),
+    "task_events_interval": (lambda v: _is_number(v) and 0 <= v <= 10,
+                             "a number of seconds from 0 (publish at once) to 10"),
     "flower.address": (lambda v: isinstance(v, str),
                        "an address to listen on, e.g. 127.0.0.1 (empty: every interface)"),
     "flower.port": (lambda v: _is_whole(v) and 0 < v < 65536, "a TCP port number (1-65535)"),
@@ -433,6 +437,7 @@ def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
         task_events=get(raw, "task_events"),
         task_sent_events=get(raw, "task_sent_events"),
         task_track_started=get(raw, "task_track_started"),
+        task_events_interval=float(get(raw, "task_events_interval")),
         flower=FlowerConfig(
             address=get(raw, "flower.address"),
             port=get(raw, "flower.port"),

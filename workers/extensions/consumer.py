@@ -1,5 +1,8 @@
 """The worker's consumer: messages Celery cannot run are dead-lettered, not dropped.
 
+It also publishes the node's task events every ``task_events_interval``
+instead of at every turn of the event loop (see :mod:`workers.extensions.events`).
+
 Celery logs and drops a message it cannot decode, a message of a content
 type it does not accept (pickle) and a message of a shape it does not
 know; for a task name it does not have it stores ``NotRegistered``. Each of
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import warnings
 from typing import Any
 
@@ -27,10 +31,48 @@ log = logging.getLogger("taskyard.consumer")
 #: apart (kombu's default waits 2, 4, 6 ... 30 s, so a Redis back or a replica promoted
 #: after 2.1 s would wait until 6 s, and one back after a minute up to 30 s more).
 RECONNECT_INTERVALS_S = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 3.0}
+#: How late an armed publication of task events may be before another is armed.
+EVENTS_TIMER_SLACK_S = 1.0
 
 
 class Consumer(CeleryConsumer):
     """Celery's consumer, keeping every message it cannot run as a dead letter."""
+
+    #: Until when a publication of the gathered task events is armed (0: none is). Set from
+    #: any pool thread; a timer lost with its loop is armed again once this has passed.
+    _events_due_by = 0.0
+
+    def on_send_event_buffered(self) -> None:
+        """A task event was gathered: publish the gathered ones ``task_events_interval`` later.
+
+        Celery publishes at the next turn of the loop, one message per
+        request on a busy node; the first event of an interval arms one
+        timer instead, and everything gathered until it fires goes out in
+        one message (or sooner, at the dispatcher's batch limit). Pool
+        threads may gather events too: the timer is armed from the loop
+        (``call_soon`` is the hub's thread-safe entry).
+        """
+        interval = self.app.config.task_events_interval
+        if not self.hub or interval <= 0:
+            super().on_send_event_buffered()
+            return
+        now = time.monotonic()
+        if now >= self._events_due_by:
+            self._events_due_by = now + interval + EVENTS_TIMER_SLACK_S
+            self.hub.call_soon(self.hub.call_later, interval, self._publish_due_events)
+
+    def _publish_due_events(self) -> None:
+        self._events_due_by = 0.0
+        self._flush_events()
+
+    def stop(self) -> None:
+        """Publish the gathered task events while the connection is still there, then stop."""
+        self._publish_due_events()
+        super().stop()
+
+    def shutdown(self) -> None:
+        self._publish_due_events()
+        super().shutdown()
 
     def ensure_connected(self, conn: Any) -> Any:
         """Celery's reconnection loop, retrying at :data:`RECONNECT_INTERVALS_S`.

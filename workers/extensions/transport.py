@@ -35,10 +35,11 @@ import time
 import types
 from collections.abc import Callable
 from queue import Empty
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.sentinel
+from kombu.entity import maybe_delivery_mode
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -157,6 +158,16 @@ class QoS(kombu_redis.QoS):
 
         client.transaction(restore, INFLIGHT_OWNERS_KEY, self.unacked_key)
         return len(moved)
+
+
+class Event(NamedTuple):
+    """An event (or a list of them) to publish: where, what, and kombu's message fields."""
+
+    exchange: str
+    routing_key: str
+    body: Any
+    headers: dict[str, Any]
+    delivery_mode: int
 
 
 class _WaitingPipeline:
@@ -278,34 +289,72 @@ class Channel(kombu_redis.Channel):
         """Push ``message`` onto ``queue``; with replicas to wait for, in one ``WAIT`` pipeline."""
         if not self.wait_replicas or kwargs.get("_publish_batch") is not None:
             return super()._put(queue, message, **kwargs)
-        priority = self._get_message_priority(message, reverse=False)
         with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             waiting = _WaitingPipeline(pipe, self.wait_replicas, self.wait_timeout_s)
-            waiting.lpush(self._q_for_pri(queue, priority), dumps(message))
-            if self._expires and queue in self._expires:
-                for step in self.priority_steps:
-                    waiting.pexpire(self._q_for_pri(queue, step), self._expires[queue])
+            self._push(waiting, queue, message)
             waiting.execute()
         return None
 
-    def publish_event(self, exchange: str, routing_key: str, event: Any,
-                      headers: dict[str, Any], delivery_mode: int) -> None:
-        """Publish an event (or a list of them) on ``exchange``'s fanout topic, in one step.
+    def _push(self, pipe: Any, queue: str, message: dict[str, Any]) -> None:
+        """Add kombu's commands that put ``message`` on ``queue`` to ``pipe``."""
+        priority = self._get_message_priority(message, reverse=False)
+        pipe.lpush(self._q_for_pri(queue, priority), dumps(message))
+        if self._expires and queue in self._expires:
+            for step in self.priority_steps:
+                pipe.pexpire(self._q_for_pri(queue, step), self._expires[queue])
+
+    def publish_event(self, event: Event) -> None:
+        """Publish an event (or a list of them) on its exchange's fanout topic, in one step.
 
         The envelope is what ``Producer.publish`` and ``basic_publish`` build
         for a JSON body (checked against them by the tests), without their
         layers: see :mod:`workers.extensions.events`.
         """
-        body, encoding = self.encode_body(dumps(event), self.body_encoding)
+        topics, payload = self._event_envelope(event)
+        with self.conn_or_acquire() as client:
+            for topic in topics:
+                client.publish(topic, payload)
+
+    def send_request(self, queue: str, body: bytes, headers: dict[str, Any],
+                     properties: dict[str, Any], event: Event | None = None) -> None:
+        """Push one task message onto ``queue``, and publish its task-sent event, in one round trip.
+
+        What ``Producer.publish`` of a JSON body on the default exchange, then
+        the sent event's own ``Producer.publish``, would do in two round trips
+        and many layers (``maybe_declare``, ``ensure`` and a ``Message`` each);
+        the queue entry is byte for byte kombu's (checked by the tests). With
+        ``publish_wait_replicas`` the pipeline ends with ``WAIT``
+        (:class:`_WaitingPipeline`).
+        """
+        properties = dict(properties)
+        priority = properties.pop("priority", 0)  # Producer.publish takes it as an argument
+        properties["delivery_mode"] = maybe_delivery_mode(None)  # the default exchange's
+        message = self.prepare_message(body, priority, "application/json", "utf-8", headers,
+                                       properties)
+        self._inplace_augment_message(message, "", queue)
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            target = (_WaitingPipeline(pipe, self.wait_replicas, self.wait_timeout_s)
+                      if self.wait_replicas else pipe)
+            self._push(target, queue, message)
+            if event is not None:
+                topics, payload = self._event_envelope(event)
+                for topic in topics:
+                    target.publish(topic, payload)
+            target.execute()
+
+    def _event_envelope(self, event: Event) -> tuple[list[str], str]:
+        """The pub/sub topics of ``event`` and the envelope kombu would publish there."""
+        body, encoding = self.encode_body(dumps(event.body), self.body_encoding)
         message = {
             "body": body, "content-encoding": "utf-8", "content-type": "application/json",
-            "headers": headers or {},
-            "properties": {"delivery_mode": delivery_mode,
-                           "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+            "headers": event.headers or {},
+            "properties": {"delivery_mode": event.delivery_mode,
+                           "delivery_info": {"exchange": event.exchange,
+                                             "routing_key": event.routing_key},
                            "priority": 0, "body_encoding": encoding,
                            "delivery_tag": self._next_delivery_tag()},
         }
-        self._put_fanout(exchange, message, routing_key)
+        return self._get_publish_topics(event.exchange, event.routing_key), dumps(message)
 
     def _guard(self, method: Callable[..., Any], takes_queue: bool = False) -> Any:
         """``method`` of kombu's channel, run with a ``loads`` that checks the entry."""
