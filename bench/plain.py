@@ -84,16 +84,16 @@ def create_plain_app(config: Config) -> Celery:
     app.conf.update(plain_settings(config))
     records_url = config.records_url
 
-    @app.task(name=f"{NOOP_SERVICE}.noop")
+    @app.task(name=f"{NOOP_SERVICE}.noop", shared=False)
     def noop() -> None:
         """Do nothing (taskyard: ``bench.noop``)."""
 
-    @app.task(name=f"{NOOP_SERVICE}.mark")
+    @app.task(name=f"{NOOP_SERVICE}.mark", shared=False)
     def mark(batch: str, index: int) -> None:
         """Count one run of message ``index`` of ``batch`` (taskyard: ``bench.mark``)."""
         redis_client(records_url).hincrby(tally_key(batch), str(index), 1)
 
-    @app.task(name=f"{VOLUME_SERVICE}.create_record")
+    @app.task(name=f"{VOLUME_SERVICE}.create_record", shared=False)
     def create_record(size_gb: int, name: str | None = None) -> dict[str, Any]:
         """The Redis work of taskyard's create_volume on the fake driver, without its checks.
 
@@ -112,7 +112,7 @@ def create_plain_app(config: Config) -> Celery:
         client.hset(key, mapping={"status": "available", "updated_at": stamp})
         return {"id": record_id, "size_gb": size_gb, "name": name, "status": "available"}
 
-    @app.task(name=f"{VOLUME_SERVICE}.delete_record")
+    @app.task(name=f"{VOLUME_SERVICE}.delete_record", shared=False)
     def delete_record(record_id: str) -> dict[str, Any]:
         """The Redis work of taskyard's delete_volume: read, mark deleting, retire.
 

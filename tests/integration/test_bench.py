@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,12 +141,29 @@ def test_the_scale_run_measures_every_figure_at_every_size(tmp_path: Path) -> No
 
 
 def test_the_monitoring_run_compares_four_workers(tmp_path: Path) -> None:
-    _, figures = run_suite(tmp_path, "monitoring", "--messages", "50", "--reps", "1")
+    _, figures = run_suite(tmp_path, "monitoring", "--messages", "50", "--reps", "1",
+                           "--instructions", "0")
     assert set(figures) == {"taskyard", "quiet", "plain", "bare"}
     assert figures["bare"]["throughput_vs_bare"]["median"] == 1.0
     assert figures["bare"]["cpu_vs_bare"]["max"] == 1.0
     for figure in figures.values():
         assert figure["throughput"]["median"] > 0 and figure["cpu_us"]["median"] > 0
+        assert "instructions" not in figure
+
+
+@pytest.mark.skipif(shutil.which("callgrind_control") is None,
+                    reason="valgrind is not installed (apt install valgrind; .ci/run does)")
+def test_the_monitoring_run_counts_each_workers_instructions_under_callgrind(
+        tmp_path: Path) -> None:
+    done, figures = run_suite(tmp_path, "monitoring", "--messages", "20", "--reps", "1",
+                              "--instructions", "10")
+    assert figures["bare"]["instructions_vs_bare"]["median"] == 1.0
+    for side, figure in figures.items():
+        counts = figure["instructions"]["samples"]
+        assert len(counts) == 3 and min(counts) > 100_000, (side, counts)  # a no-op: millions
+    # Plain Celery with monitoring does strictly more than without (events, STARTED writes).
+    assert figures["plain"]["instructions"]["min"] > figures["bare"]["instructions"]["max"]
+    assert "instructions per message (callgrind)" in done.stdout
 
 
 def test_the_durable_run_prices_publish_wait_replicas_against_plain_celery(
