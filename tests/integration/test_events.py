@@ -146,6 +146,18 @@ def tap(redis_server: RedisServer) -> Iterator[EventTap]:
     tap.close()
 
 
+def test_a_batchs_sent_events_go_out_as_one_message_per_round_trip(
+        app: Taskyard, redis_server: RedisServer, tap: EventTap) -> None:
+    """``cast_many`` of 7 in batches of 3: 7 task-sent events, in 3 messages (no node runs)."""
+    handles = Client("volume", app=app, host="nobody").cast_many("ping", [{}] * 7, batch_size=3)
+    ids = [handle.id for handle in handles]
+    wait_for(lambda: len(tap.of(set(ids))) == 7, 10, "seven task-sent events")
+    assert [(key, [e["uuid"] for e in events]) for key, events in tap.messages] == [
+        ("task.multi", ids[0:3]), ("task.multi", ids[3:6]), ("task.multi", ids[6:])]
+    assert {(e["type"], e["queue"]) for e in tap.of(set(ids))} == {("task-sent", "volume.nobody")}
+    assert redis.Redis(port=redis_server.port).llen("volume.nobody") == 7
+
+
 def test_a_busy_node_gathers_many_requests_events_into_one_message(
         redis_server: RedisServer, tmp_path: Any, tap: EventTap) -> None:
     """The defaults (``task_events_interval`` 0.1 s): 60 requests, every event, few messages."""

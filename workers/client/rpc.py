@@ -310,14 +310,23 @@ class Client:
                 # `cast` does: nothing to declare, one list push per message.
                 producer = self.app.amqp.Producer(connection)
                 events = self._sent_events()
-                with producer.batch(max_size=batch_size):
+                # The batch's task-sent events go out as one message after its messages,
+                # in the same pipeline (batch_size pushes and one publish per round trip).
+                gathered: list[dict[str, Any]] = []
+                with producer.batch(max_size=batch_size + 1):
                     shared = _Shared(self._request_headers(),
                                      _short_repr(requests[0][2])) if one_request else None
                     for queue, host, kwargs in requests:
                         task_id = self._publish(producer, events, name, queue, kwargs,
-                                                shadow=shadow, shared=shared)
+                                                shadow=shadow, shared=shared,
+                                                gathered=gathered)
                         handles.append(Handle(AsyncResult(task_id, app=self.app),
                                               self.service, method, host, self.timeout))
+                        if len(gathered) == batch_size:
+                            events.publish_gathered(gathered, producer)
+                            gathered = []
+                    if gathered:
+                        events.publish_gathered(gathered, producer)
         except BatchPublishError as exc:
             if isinstance(exc.__cause__, Unavailable):  # publish_wait_replicas not reached
                 raise Unavailable(f"{len(requests)} {name} requests, {len(handles)} prepared: "
@@ -337,7 +346,8 @@ class Client:
     def _publish(self, producer: Any, events: Any, name: str, queue: str,
                  kwargs: dict[str, Any], *, shadow: str | None = None,
                  subscribe: bool = False, retry: bool = False,
-                 shared: _Shared | None = None) -> str:
+                 shared: _Shared | None = None,
+                 gathered: list[dict[str, Any]] | None = None) -> str:
         """One task message through ``producer``, in Celery's format with fewer layers.
 
         The body is serialized once (to size it, sign it and send it). Its
@@ -346,7 +356,8 @@ class Client:
         first, so nothing is missed). ``retry`` marks a message sent on its
         own: it goes out with its task-sent event in one round trip, and a
         broken pooled connection is replaced transparently (never inside a
-        publish batch, where the batch's pipeline carries both).
+        publish batch, where the batch's pipeline carries both, and the task-sent
+        event joins ``gathered``, which the batch publishes as one message).
         """
         task_id = str(uuid.uuid4())
         headers = shared.headers if shared is not None else self._request_headers()
@@ -376,7 +387,9 @@ class Client:
             content_encoding="utf-8", declare=(), headers=task_headers, retry=retry,
             retry_policy=policy, **properties,
         )
-        if sent is not None:
+        if sent is not None and gathered is not None:
+            gathered.append(events.event("task-sent", sent))
+        elif sent is not None:
             events.publish("task-sent", sent, producer, retry=retry, retry_policy=policy)
         return task_id
 

@@ -23,8 +23,9 @@ consumer read it as they read kombu's.
 A dispatcher that sends on its own does this (a node's, created enabled by
 Celery's events bootstep). A caller's task-sent event goes in the same round
 trip as its task message (:meth:`EventDispatcher.prepare`,
-:meth:`workers.extensions.transport.Channel.send_request`); inside a publish
-batch (``cast_many``, fanout) it takes kombu's path into the batch.
+:meth:`workers.extensions.transport.Channel.send_request`); a publish batch
+(``cast_many``, fanout) sends its requests' events as one message, in its
+pipeline (:meth:`EventDispatcher.publish_gathered`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from workers.extensions.transport import Channel, Event
 #: Task events one message carries at most (Celery's default is 24): about 60 KB of JSON
 #: for no-op requests, and a busy node's interval's worth at a few hundred requests/s.
 BATCH_LIMIT = 300
+#: The group of task events (Celery's ``buffer_group`` of a node).
+_TASK_GROUP = "task"
 
 
 class EventDispatcher(CeleryEventDispatcher):  # type: ignore[misc]
@@ -77,13 +80,28 @@ class EventDispatcher(CeleryEventDispatcher):  # type: ignore[misc]
         """``event`` as this dispatcher publishes it under ``routing_key``."""
         return Event(self.exchange.name, routing_key, event, self.headers, self.delivery_mode)
 
+    def event(self, type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The event ``publish(type, fields, producer)`` would send (its clock moved on)."""
+        event: dict[str, Any] = self._prepare_event(type, fields)
+        return event
+
     def prepare(self, type: str, fields: dict[str, Any]) -> Event:
         """The event ``publish(type, fields, producer)`` would send, to send along a message.
 
         A caller's task-sent event travels in the same round trip as its task
         message (:meth:`workers.extensions.transport.Channel.send_request`).
         """
-        return self.route(type.replace("-", "."), self._prepare_event(type, fields))
+        return self.route(type.replace("-", "."), self.event(type, fields))
+
+    def publish_gathered(self, events: list[dict[str, Any]], producer: Any) -> None:
+        """Publish ``events`` as one message through ``producer``, as a node's ``task.multi``.
+
+        A caller's publish batch (``cast_many``, fanout) sends its requests'
+        task-sent events this way, one message for the whole batch: Flower,
+        ``celery events`` and every kombu event receiver take a list body
+        as the events it holds.
+        """
+        self._publish(events, producer, f"{_TASK_GROUP}.multi")
 
 
 class Events(CeleryEvents):  # type: ignore[misc]
