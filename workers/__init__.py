@@ -14,10 +14,9 @@ several fleets from one process.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from workers.client.rpc import Client, Handle
-from workers.core.application import Taskyard, default_app, set_default_app
 from workers.core.config import Config, load_config
 from workers.core.keys import VERSION
 from workers.exceptions import (
@@ -71,12 +70,25 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from workers.client.rpc import Client, Handle
+    from workers.core.application import Taskyard, default_app, set_default_app
+
     app: Taskyard
+
+#: What is imported on first use: Celery and kombu take a third of a second to import,
+#: which a command that only reads the registry (``taskyard services``) need not pay.
+_LAZY = {"Client": "workers.client.rpc", "Handle": "workers.client.rpc",
+         "Taskyard": "workers.core.application", "default_app": "workers.core.application",
+         "set_default_app": "workers.core.application"}
 
 
 def __getattr__(name: str) -> Any:
     # ``app`` (and ``celery``, which ``celery -A`` also looks for) is the process's default
     # app, built on first access: importing workers reads no settings.
     if name in ("app", "celery"):
-        return default_app()
+        return importlib.import_module("workers.core.application").default_app()
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'workers' has no attribute {name!r}")

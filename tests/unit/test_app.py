@@ -90,8 +90,19 @@ def test_a_caller_that_sends_requests_loads_no_service_code_no_node_runtime_no_c
 def test_importing_workers_reads_no_settings() -> None:
     # With a broken settings file, importing still works; only using the app fails.
     loaded = _imported_by("import os; os.environ['TASKYARD_RPC_TIMEOUT'] = '-1'\n"
-                          "import workers, workers.exceptions")
-    assert "workers.core.application" in loaded
+                          "import workers, workers.exceptions\n"
+                          "from workers import Client, Handle, Taskyard, default_app")
+    assert "workers.core.application" in loaded and "workers.client.rpc" in loaded
+
+
+def test_the_cli_and_the_registry_load_no_celery_until_a_command_needs_it() -> None:
+    """``taskyard services`` and ``--help`` start without importing Celery or the client."""
+    probe = ("import sys, workers, workers.client, workers.cli.main, workers.core.registry\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'celery'"
+             " or m in ('workers.client.rpc', 'workers.core.application', 'kombu.connection')))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=True, timeout=60)
+    assert done.stdout.strip() == "[]"
 
 
 def test_a_service_s_spec_is_built_alone_so_a_node_needs_only_its_own_services_code() -> None:

@@ -15,8 +15,6 @@ import subprocess
 import sys
 from typing import Any
 
-from celery.bin.celery import celery as celery_command
-
 from workers.core.config import Config
 from workers.exceptions import ConfigError
 
@@ -101,6 +99,8 @@ def run_flower(app: Any, config: Config) -> int:
     name_our_settings_in_refusals(BaseApiHandler)
     check_exposure(config)
     os.environ.update(flower_environment(config))
+    from celery.bin.celery import celery as celery_command  # its plugins take a while
+
     celery_command.params[0].default = app
     try:
         code = celery_command.main(args=flower_argv(config), prog_name="taskyard",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from workers.client.rpc import Handle
 from workers.exceptions import Timeout
+
+if TYPE_CHECKING:
+    from workers.client.rpc import Handle
 
 #: Seconds between two looks at the request's state.
 POLL_INTERVAL_S = 0.1
