@@ -75,7 +75,7 @@ def test_a_nodes_event_envelope_is_the_one_kombu_publishes(
 
 def test_a_casts_queue_entry_and_sent_event_are_the_ones_kombu_sends(
         app: Taskyard, redis_server: RedisServer) -> None:
-    """``Channel.send_request`` (one round trip) against ``Producer.publish`` twice."""
+    """``Channel.send_requests`` (one round trip) against ``Producer.publish`` twice."""
     queue = "volume.entry-check"
     body = json.dumps([[], {"size_gb": 1}, {}]).encode()
     headers = {"id": "t-1", "task": "volume.create_volume", "lang": "py"}
@@ -89,8 +89,8 @@ def test_a_casts_queue_entry_and_sent_event_are_the_ones_kombu_sends(
             pubsub.psubscribe("/0.celeryev/*")
             assert pubsub.get_message(timeout=1)["type"] == "psubscribe"
             if direct:
-                producer.channel.send_request(queue, body, dict(headers), {"priority": 0},
-                                              dispatcher.prepare("task-sent", dict(fields)))
+                producer.channel.send_requests([(queue, body, dict(headers), {"priority": 0})],
+                                               dispatcher.prepare("task-sent", dict(fields)))
             else:
                 producer.publish(body, exchange="", routing_key=queue,
                                  content_type="application/json", content_encoding="utf-8",

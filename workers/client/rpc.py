@@ -49,6 +49,17 @@ DEFAULT_BATCH_SIZE = 500
 
 
 @dataclass
+class _Request:
+    """One task message ready to send: its id, what the channel pushes, its task-sent event."""
+
+    task_id: str
+    #: ``(queue, body, headers, properties)``.
+    message: tuple[str, bytes, dict[str, Any], dict[str, Any]]
+    #: The fields of its task-sent event (None when those are off).
+    sent: dict[str, Any] | None
+
+
+@dataclass
 class _Shared:
     """What every message of a fanout shares: request headers, arguments' repr, body."""
 
@@ -236,14 +247,31 @@ class Client:
 
     def _send(self, method: str, kwargs: dict[str, Any], host: str | None,
               shadow: str | None = None, subscribe: bool = False) -> Handle:
-        """Check and send one request; ``subscribe`` to its result first for a call."""
+        """Check and send one request; ``subscribe`` to its result first for a call.
+
+        The message and its task-sent event go in one round trip
+        (:meth:`workers.extensions.transport.Channel.send_requests`), retried
+        on a fresh pooled connection when the one in hand is broken. Its
+        result is subscribed to only when asked (a call waits at once; a cast
+        subscribes when its handle is waited on, reading the stored result
+        first, so nothing is missed).
+        """
         self._check(method, kwargs)
         name = task_name(self.service, method)
         queue = host_queue(self.service, host) if host else self.service
+        events = self._sent_events()
+        request = self._prepare(events, name, queue, kwargs, shadow=shadow)
         try:
             with self.app.producer_or_acquire() as producer:
-                task_id = self._publish(producer, self._sent_events(), name, queue, kwargs,
-                                        shadow=shadow, subscribe=subscribe, retry=True)
+                if subscribe:
+                    self.app.backend.on_task_call(producer, request.task_id)
+                if isinstance(producer.channel, Channel):
+                    event = events.prepare("task-sent", request.sent) if request.sent else None
+                    producer.connection.ensure(
+                        producer, lambda: producer.channel.send_requests([request.message], event),
+                        **self.app.conf.task_publish_retry_policy)()
+                else:
+                    self._publish(producer, events, request, retry=True)
         except (OperationalError, redis.RedisError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and not isinstance(exc.__cause__, redis.RedisError):
                 raise
@@ -252,8 +280,7 @@ class Client:
                 f"cannot reach the broker to send {self.service}.{method}: {cause}; "
                 "the request was not sent",
             ) from exc
-        return Handle(AsyncResult(task_id, app=self.app), self.service, method, host,
-                      self.timeout)
+        return self._handle(request.task_id, method, host)
 
     def cast(self, method: str, /, **kwargs: Any) -> Handle:
         """Send a request and return its :class:`Handle` at once."""
@@ -292,10 +319,10 @@ class Client:
                     one_request: bool = False) -> list[Handle]:
         """Send checked requests ``(queue, host, kwargs)`` in pipelined round trips.
 
-        Each batch of ``batch_size`` messages (with their task-sent events) is
-        one round trip to Redis, whatever the number of queues. With
-        ``one_request`` (a fanout: the same arguments to every queue) the
-        messages share one request context and one serialized body.
+        Each batch of ``batch_size`` messages, with their task-sent events as
+        one message, is one round trip to Redis, whatever the number of
+        queues. With ``one_request`` (a fanout: the same arguments to every
+        queue) the messages share one request context and one serialized body.
         """
         if not requests:
             return []
@@ -310,54 +337,74 @@ class Client:
                 # `cast` does: nothing to declare, one list push per message.
                 producer = self.app.amqp.Producer(connection)
                 events = self._sent_events()
-                # The batch's task-sent events go out as one message after its messages,
-                # in the same pipeline (batch_size pushes and one publish per round trip).
-                gathered: list[dict[str, Any]] = []
-                with producer.batch(max_size=batch_size + 1):
-                    shared = _Shared(self._request_headers(),
-                                     _short_repr(requests[0][2])) if one_request else None
-                    for queue, host, kwargs in requests:
-                        task_id = self._publish(producer, events, name, queue, kwargs,
-                                                shadow=shadow, shared=shared,
-                                                gathered=gathered)
-                        handles.append(Handle(AsyncResult(task_id, app=self.app),
-                                              self.service, method, host, self.timeout))
-                        if len(gathered) == batch_size:
-                            events.publish_gathered(gathered, producer)
-                            gathered = []
-                    if gathered:
-                        events.publish_gathered(gathered, producer)
+                shared = _Shared(self._request_headers(),
+                                 _short_repr(requests[0][2])) if one_request else None
+                channel = producer.channel
+                if not (isinstance(channel, Channel) and channel.supports_batch_publish):
+                    self._send_through_kombu(producer, events, name, requests, handles,
+                                             method, shadow, shared, batch_size)
+                    return handles
+                for start in range(0, len(requests), batch_size):
+                    chunk = [(host, self._prepare(events, name, queue, kwargs, shadow=shadow,
+                                                  shared=shared))
+                             for queue, host, kwargs in requests[start:start + batch_size]]
+                    sent = [events.event("task-sent", r.sent) for _, r in chunk if r.sent]
+                    channel.send_requests([r.message for _, r in chunk],
+                                          events.gathered(sent) if sent else None)
+                    handles += [self._handle(r.task_id, method, host) for host, r in chunk]
         except BatchPublishError as exc:
             if isinstance(exc.__cause__, Unavailable):  # publish_wait_replicas not reached
-                raise Unavailable(f"{len(requests)} {name} requests, {len(handles)} prepared: "
+                raise Unavailable(f"{len(requests)} {name} requests, {len(handles)} sent: "
                                   f"{exc.__cause__}") from exc
             raise Unavailable(
                 f"the broker failed while sending {len(requests)} {name} requests "
                 f"({exc.__cause__ or exc}); {len(handles)} were prepared, and whether they "
                 "were sent is not known",
             ) from exc
+        except Unavailable as exc:  # publish_wait_replicas not reached
+            raise Unavailable(f"{len(requests)} {name} requests, {len(handles)} sent: "
+                              f"{exc}") from exc
         except (OperationalError, redis.RedisError) as exc:
             raise Unavailable(
                 f"cannot reach the broker to send {len(requests)} {name} requests: {exc}; "
-                f"{len(handles)} were prepared, and whether they were sent is not known",
+                f"{len(handles)} were sent, and whether the others were is not known",
             ) from exc
         return handles
 
-    def _publish(self, producer: Any, events: Any, name: str, queue: str,
-                 kwargs: dict[str, Any], *, shadow: str | None = None,
-                 subscribe: bool = False, retry: bool = False,
-                 shared: _Shared | None = None,
-                 gathered: list[dict[str, Any]] | None = None) -> str:
-        """One task message through ``producer``, in Celery's format with fewer layers.
+    def _send_through_kombu(self, producer: Any, events: Any, name: str,
+                            requests: list[tuple[str, str | None, dict[str, Any]]],
+                            handles: list[Handle], method: str, shadow: str | None,
+                            shared: _Shared | None, batch_size: int) -> None:
+        """A batch through kombu's producer, for a channel that is not taskyard's Redis.
 
-        The body is serialized once (to size it, sign it and send it). Its
-        result is subscribed to only when asked (a call waits at once; a cast
-        subscribes when its handle is waited on, reading the stored result
-        first, so nothing is missed). ``retry`` marks a message sent on its
-        own: it goes out with its task-sent event in one round trip, and a
-        broken pooled connection is replaced transparently (never inside a
-        publish batch, where the batch's pipeline carries both, and the task-sent
-        event joins ``gathered``, which the batch publishes as one message).
+        kombu pipelines it where the transport can (``producer.batch``) and
+        sends each message on its own elsewhere.
+        """
+        gathered: list[dict[str, Any]] = []
+        with producer.batch(max_size=batch_size + 1):
+            for queue, host, kwargs in requests:
+                request = self._prepare(events, name, queue, kwargs, shadow=shadow,
+                                        shared=shared)
+                self._publish(producer, events, request, retry=False)
+                if request.sent:
+                    gathered.append(events.event("task-sent", request.sent))
+                handles.append(self._handle(request.task_id, method, host))
+                if len(gathered) == batch_size:
+                    events.publish_gathered(gathered, producer)
+                    gathered = []
+            if gathered:
+                events.publish_gathered(gathered, producer)
+
+    def _handle(self, task_id: str, method: str, host: str | None) -> Handle:
+        return Handle(AsyncResult(task_id, app=self.app), self.service, method, host,
+                      self.timeout)
+
+    def _prepare(self, events: Any, name: str, queue: str, kwargs: dict[str, Any], *,
+                 shadow: str | None = None, shared: _Shared | None = None) -> _Request:
+        """One task message, in Celery's format with fewer layers, ready to send.
+
+        The body is serialized once (to size it, sign it and send it); the
+        messages of a fanout share it.
         """
         task_id = str(uuid.uuid4())
         headers = shared.headers if shared is not None else self._request_headers()
@@ -371,27 +418,27 @@ class Client:
                        payload=shared.payload if shared is not None else None)
         if shared is not None and shared.payload is None:
             shared.payload = payload  # the body is the same for every message of the batch
-        if subscribe:
-            self.app.backend.on_task_call(producer, task_id)
         sent = ({**sent_event, "queue": queue, "exchange": "", "routing_key": queue}
                 if events is not None and sent_event else None)
-        if retry and isinstance(producer.channel, Channel):
-            event = events.prepare("task-sent", sent) if sent is not None else None
-            producer.connection.ensure(producer, lambda: producer.channel.send_request(
-                queue, payload, task_headers, properties, event),
-                **self.app.conf.task_publish_retry_policy)()
-            return task_id
+        return _Request(task_id, (queue, payload, task_headers, properties), sent)
+
+    def _publish(self, producer: Any, events: Any, request: _Request, *,
+                 retry: bool = False) -> None:
+        """Send ``request`` through kombu's ``producer`` (a batch's sends its event itself).
+
+        ``retry`` (a message sent on its own) lets a broken pooled connection
+        be replaced transparently, and publishes its task-sent event.
+        """
+        queue, payload, task_headers, properties = request.message
         policy = self.app.conf.task_publish_retry_policy if retry else None
         producer.publish(
             payload, exchange="", routing_key=queue, content_type="application/json",
             content_encoding="utf-8", declare=(), headers=task_headers, retry=retry,
             retry_policy=policy, **properties,
         )
-        if sent is not None and gathered is not None:
-            gathered.append(events.event("task-sent", sent))
-        elif sent is not None:
-            events.publish("task-sent", sent, producer, retry=retry, retry_policy=policy)
-        return task_id
+        if retry and request.sent is not None:
+            events.publish("task-sent", request.sent, producer, retry=retry,
+                           retry_policy=policy)
 
     def _request_headers(self) -> dict[str, Any]:
         """The headers of one request: its context and the API version it asks for."""

@@ -23,9 +23,9 @@ consumer read it as they read kombu's.
 A dispatcher that sends on its own does this (a node's, created enabled by
 Celery's events bootstep). A caller's task-sent event goes in the same round
 trip as its task message (:meth:`EventDispatcher.prepare`,
-:meth:`workers.extensions.transport.Channel.send_request`); a publish batch
+:meth:`workers.extensions.transport.Channel.send_requests`); a publish batch
 (``cast_many``, fanout) sends its requests' events as one message, in its
-pipeline (:meth:`EventDispatcher.publish_gathered`).
+pipeline (:meth:`EventDispatcher.gathered`).
 """
 
 from __future__ import annotations
@@ -89,9 +89,13 @@ class EventDispatcher(CeleryEventDispatcher):  # type: ignore[misc]
         """The event ``publish(type, fields, producer)`` would send, to send along a message.
 
         A caller's task-sent event travels in the same round trip as its task
-        message (:meth:`workers.extensions.transport.Channel.send_request`).
+        message (:meth:`workers.extensions.transport.Channel.send_requests`).
         """
         return self.route(type.replace("-", "."), self.event(type, fields))
+
+    def gathered(self, events: list[dict[str, Any]]) -> Event:
+        """``events`` as one message, as a node's ``task.multi`` (see :meth:`publish_gathered`)."""
+        return self.route(f"{_TASK_GROUP}.multi", events)
 
     def publish_gathered(self, events: list[dict[str, Any]], producer: Any) -> None:
         """Publish ``events`` as one message through ``producer``, as a node's ``task.multi``.

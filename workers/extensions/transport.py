@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from queue import Empty
 from typing import Any, NamedTuple
 
@@ -315,32 +315,40 @@ class Channel(kombu_redis.Channel):
             for topic in topics:
                 client.publish(topic, payload)
 
-    def send_request(self, queue: str, body: bytes, headers: dict[str, Any],
-                     properties: dict[str, Any], event: Event | None = None) -> None:
-        """Push one task message onto ``queue``, and publish its task-sent event, in one round trip.
+    def send_requests(self, messages: Sequence[tuple[str, bytes, dict[str, Any], dict[str, Any]]],
+                      event: Event | None = None) -> None:
+        """Push task messages ``(queue, body, headers, properties)`` and publish ``event``, in
+        one round trip.
 
-        What ``Producer.publish`` of a JSON body on the default exchange, then
-        the sent event's own ``Producer.publish``, would do in two round trips
-        and many layers (``maybe_declare``, ``ensure`` and a ``Message`` each);
-        the queue entry is byte for byte kombu's (checked by the tests). With
-        ``publish_wait_replicas`` the pipeline ends with ``WAIT``
-        (:class:`_WaitingPipeline`).
+        What ``Producer.publish`` of each JSON body on the default exchange,
+        then the task-sent events' own publishes, would do in many round
+        trips and layers (``maybe_declare``, ``ensure`` and a ``Message``
+        each); each queue entry is byte for byte kombu's (checked by the
+        tests). With ``publish_wait_replicas`` the pipeline ends with
+        ``WAIT`` (:class:`_WaitingPipeline`). Like kombu's publish batch, a
+        pipeline that fails leaves unknown which of its messages arrived.
         """
-        properties = dict(properties)
-        priority = properties.pop("priority", 0)  # Producer.publish takes it as an argument
-        properties["delivery_mode"] = maybe_delivery_mode(None)  # the default exchange's
-        message = self.prepare_message(body, priority, "application/json", "utf-8", headers,
-                                       properties)
-        self._inplace_augment_message(message, "", queue)
         with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             target = (_WaitingPipeline(pipe, self.wait_replicas, self.wait_timeout_s)
                       if self.wait_replicas else pipe)
-            self._push(target, queue, message)
+            for queue, body, headers, properties in messages:
+                self._push(target, queue, self._task_message(queue, body, headers, properties))
             if event is not None:
                 topics, payload = self._event_envelope(event)
                 for topic in topics:
                     target.publish(topic, payload)
             target.execute()
+
+    def _task_message(self, queue: str, body: bytes, headers: dict[str, Any],
+                      properties: dict[str, Any]) -> dict[str, Any]:
+        """The envelope ``Producer.publish`` builds for a JSON body sent to ``queue``."""
+        properties = dict(properties)
+        priority = properties.pop("priority", 0)  # Producer.publish takes it as an argument
+        properties["delivery_mode"] = maybe_delivery_mode(None)  # the default exchange's
+        message: dict[str, Any] = self.prepare_message(body, priority, "application/json",
+                                                       "utf-8", headers, properties)
+        self._inplace_augment_message(message, "", queue)
+        return message
 
     def _event_envelope(self, event: Event) -> tuple[list[str], str]:
         """The pub/sub topics of ``event`` and the envelope kombu would publish there."""
