@@ -179,8 +179,9 @@ def test_a_busy_node_gathers_many_requests_events_into_one_message(
             assert [e["type"] for e in tap.of({task_id}) if e["type"] in kinds] == list(kinds)
         carrying = [events for key, events in tap.messages
                     if key == "task.multi" and any(e.get("uuid") in ids for e in events)]
-        # Celery's own worker publishes one message per request (60 here).
+        # Celery's own worker publishes a message per request or more (128 for these 60).
         assert len(carrying) <= len(ids) // 4, [len(events) for events in carrying]
+        print(f"\n{len(ids)} requests' {3 * len(ids)} events in {len(carrying)} messages")
     finally:
         node.stop()
         node.kill()
