@@ -158,16 +158,21 @@ def test_a_batchs_sent_events_go_out_as_one_message_per_round_trip(
     assert redis.Redis(port=redis_server.port).llen("volume.nobody") == 7
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
 def test_a_busy_node_gathers_many_requests_events_into_one_message(
-        redis_server: RedisServer, tmp_path: Any, tap: EventTap) -> None:
-    """The defaults (``task_events_interval`` 0.1 s): 60 requests, every event, few messages."""
+        redis_server: RedisServer, tmp_path: Any, tap: EventTap, pool: str) -> None:
+    """The defaults (``task_events_interval`` 0.1 s): 60 requests, every event, few messages.
+
+    With threads, the events are gathered in the pool's threads and published from the
+    node's loop.
+    """
     env = node_environment(redis_server.url, tmp_path)
     app = Taskyard(make_config(env={k: v for k, v in env.items() if k.startswith("TASKYARD_")}))
     registry = Registry(redis.Redis(port=redis_server.port), service_down_time=3)
-    node = Node("gatherer", env, tmp_path / "gatherer.log").start()
+    node = Node(f"gatherer-{pool}", env, tmp_path / "gatherer.log", pool=pool).start()
     try:
         node.wait_up(registry)
-        client = Client("volume", app=app, host="gatherer")
+        client = Client("volume", app=app, host=f"gatherer-{pool}")
         handles = client.cast_many("ping", [{}] * 60)
         for handle in handles:
             handle.wait()
@@ -181,7 +186,8 @@ def test_a_busy_node_gathers_many_requests_events_into_one_message(
                     if key == "task.multi" and any(e.get("uuid") in ids for e in events)]
         # Celery's own worker publishes a message per request or more (128 for these 60).
         assert len(carrying) <= len(ids) // 4, [len(events) for events in carrying]
-        print(f"\n{len(ids)} requests' {3 * len(ids)} events in {len(carrying)} messages")
+        print(f"\n{pool}: {len(ids)} requests' {3 * len(ids)} events in {len(carrying)} "
+              "messages")
     finally:
         node.stop()
         node.kill()
