@@ -11,16 +11,19 @@ bare worker's run of the same repetition; their median and range).
 
 Wall-clock CPU moves by a third between runs on a shared machine, so the
 same four workers are then run again under callgrind, which counts the
-instructions a worker executes while it drains messages: the same count
-whatever else the machine is doing. Under callgrind a worker runs some
-forty times slower, so a node's task events gather fewer requests per
-message than at full speed: its instruction count there overstates what
-its events cost.
+instructions a worker executes while it drains messages and publishes their
+events: the same count whatever else the machine is doing. Under callgrind
+a worker runs some forty times slower, so a node's task events gather fewer
+requests per message than at full speed, and its timed work (heartbeats,
+registry reports, the visibility sweep) falls more often per message: both
+make the count overstate what a node spends per message, and the second
+weighs on the monitored workers and on taskyard's nodes most.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import shutil
 import subprocess
 import sys
@@ -29,6 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import redis
+from kombu.utils.json import loads
 
 from bench.harness import Stats, Worker, interleaved, node_command, plain_command, wait_for
 from bench.lab import NODE_SERVICES, PLAIN_SERVICES, Lab, elapsed_since
@@ -48,6 +54,8 @@ SIDES = ("taskyard", "quiet", "plain", "bare")
 NAMES = {"taskyard": "taskyard node (monitoring on: the defaults)",
          "quiet": "taskyard node, no monitoring",
          "plain": "plain Celery, same monitoring", "bare": "plain Celery, no monitoring"}
+#: The workers that publish task events.
+MONITORED = ("taskyard", "plain")
 #: Seconds a worker under callgrind may take to start and answer.
 CALLGRIND_START_TIMEOUT_S = 600.0
 #: Repetitions of the callgrind pass (its counts move by well under 1 % between them).
@@ -181,8 +189,6 @@ def count_instructions(lab: Lab, n: int, log: Callable[[str], None]) -> dict[str
     (``callgrind_control``). Python's string hashing is fixed
     (``PYTHONHASHSEED=0``) so that runs repeat.
     """
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        raise SystemExit("--instructions needs valgrind (apt install valgrind)")
     out = lab.dir / "callgrind"
     out.mkdir(exist_ok=True)
 
@@ -194,21 +200,53 @@ def count_instructions(lab: Lab, n: int, log: Callable[[str], None]) -> dict[str
     sides = Sides(lab, "cg", wrap=under_callgrind, timeout=CALLGRIND_START_TIMEOUT_S,
                   extra_env={"PYTHONHASHSEED": "0"})
     counts: dict[str, list[float]] = {side: [] for side in SIDES}
+    tap = EventTap(lab.config.broker_url)
     try:
         for rep in range(CALLGRIND_REPS):
             log(f"monitoring: callgrind repetition {rep + 1} of {CALLGRIND_REPS}, "
                 f"{n} messages per side")
             for side in SIDES:
                 pid = sides.sides[side].worker.pid
+                tap.clear()
                 _callgrind_control(pid, "--instr=on")
                 sides.drain(side, n)
-                _callgrind_control(pid, "--dump")
+                if side in MONITORED:  # until the worker has published the window's events
+                    wait_for(lambda: tap.succeeded() >= n, CALLGRIND_START_TIMEOUT_S,
+                             f"the task events of {NAMES[side]}")
                 _callgrind_control(pid, "--instr=off")
+                _callgrind_control(pid, "--dump")
                 counts[side].append(_totals(out, side, pid) / n)
     finally:
+        tap.close()
         sides.close()
         lab.stop([side.worker for side in sides.sides.values()])
     return counts
+
+
+class EventTap:
+    """Counts the ``task-succeeded`` events workers publish (as Flower would receive them)."""
+
+    def __init__(self, url: str) -> None:
+        self.pubsub = redis.Redis.from_url(url).pubsub()
+        self.pubsub.psubscribe("*celeryev*")
+        self.count = 0
+
+    def clear(self) -> None:
+        self.succeeded()
+        self.count = 0
+
+    def succeeded(self) -> int:
+        """How many arrived since :meth:`clear`, reading what is waiting."""
+        while (message := self.pubsub.get_message(timeout=0.01)) is not None:
+            if message["type"] != "pmessage":
+                continue
+            body = loads(base64.b64decode(loads(message["data"])["body"]))
+            self.count += sum(1 for event in (body if isinstance(body, list) else [body])
+                              if event.get("type") == "task-succeeded")
+        return self.count
+
+    def close(self) -> None:
+        self.pubsub.close()
 
 
 def _callgrind_control(pid: int, option: str) -> None:
@@ -261,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="messages per side and repetition under callgrind (0: skip)")
     parser.add_argument("--json", type=Path, default=HERE / "results-monitoring.json")
     args = parser.parse_args(argv)
+    if args.instructions and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        parser.error("--instructions needs valgrind (apt install valgrind), or give "
+                     "--instructions 0 to leave the instruction counts out")
     figures = run(args.messages, args.reps, progress, args.instructions)
     emit(table(figures), figures, args.json)
     return 0

@@ -26,6 +26,7 @@ from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
 from workers.core.registry import Registry
+from workers.exceptions import InvalidRequest
 from workers.extensions.events import EventDispatcher
 from workers.testing import wait_for
 
@@ -156,6 +157,17 @@ def test_a_batchs_sent_events_go_out_as_one_message_per_round_trip(
         ("task.multi", ids[0:3]), ("task.multi", ids[3:6]), ("task.multi", ids[6:])]
     assert {(e["type"], e["queue"]) for e in tap.of(set(ids))} == {("task-sent", "volume.nobody")}
     assert redis.Redis(port=redis_server.port).llen("volume.nobody") == 7
+
+
+def test_a_batch_with_a_request_too_large_sends_nothing(
+        app: Taskyard, redis_server: RedisServer, tap: EventTap) -> None:
+    """Every message is sized and sealed before the first batch goes out."""
+    calls = [{"size_gb": 1, "name": "small"}] * 4 + [{"size_gb": 1, "name": "x" * 1_100_000}]
+    with pytest.raises(InvalidRequest, match="more than max_message_bytes"):
+        Client("volume", app=app, host="nobody").cast_many("create_volume", calls,
+                                                            batch_size=2)
+    assert redis.Redis(port=redis_server.port).llen("volume.nobody") == 0
+    assert tap.read() == []
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])

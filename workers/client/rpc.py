@@ -68,6 +68,16 @@ class _Shared:
     payload: bytes | None = None
 
 
+def _speaks_taskyard(producer: Any) -> bool:
+    """Whether ``producer``'s channels are taskyard's Redis channels.
+
+    Asked of the transport, not the channel: a pooled producer's channel is
+    made (connecting) when first touched, which belongs inside the retried send.
+    """
+    channel_cls = getattr(producer.connection.transport, "Channel", None)
+    return isinstance(channel_cls, type) and issubclass(channel_cls, Channel)
+
+
 def _short_repr(value: Any, limit: int = 1024) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -265,7 +275,7 @@ class Client:
             with self.app.producer_or_acquire() as producer:
                 if subscribe:
                     self.app.backend.on_task_call(producer, request.task_id)
-                if isinstance(producer.channel, Channel):
+                if _speaks_taskyard(producer):
                     event = events.prepare("task-sent", request.sent) if request.sent else None
                     producer.connection.ensure(
                         producer, lambda: producer.channel.send_requests([request.message], event),
@@ -327,7 +337,15 @@ class Client:
         if not requests:
             return []
         name = task_name(self.service, method)
+        events = self._sent_events()
+        shared = _Shared(self._request_headers(),
+                         _short_repr(requests[0][2])) if one_request else None
+        # Every message is made (sized and sealed) before the first is sent: one the broker
+        # would refuse refuses the batch, with nothing sent.
+        prepared = [(host, self._prepare(events, name, queue, kwargs, shadow=shadow,
+                                         shared=shared)) for queue, host, kwargs in requests]
         handles: list[Handle] = []
+        pushing = 0
         try:
             # A publish batch needs a connection that never replays a write on its own.
             with self.app.connection_for_write(
@@ -336,34 +354,29 @@ class Client:
                 # Published on the default exchange with the queue as routing key, as
                 # `cast` does: nothing to declare, one list push per message.
                 producer = self.app.amqp.Producer(connection)
-                events = self._sent_events()
-                shared = _Shared(self._request_headers(),
-                                 _short_repr(requests[0][2])) if one_request else None
                 channel = producer.channel
                 if not (isinstance(channel, Channel) and channel.supports_batch_publish):
-                    self._send_through_kombu(producer, events, name, requests, handles,
-                                             method, shadow, shared, batch_size)
+                    self._send_through_kombu(producer, events, prepared, handles, method,
+                                             batch_size)
                     return handles
-                for start in range(0, len(requests), batch_size):
-                    chunk = [(host, self._prepare(events, name, queue, kwargs, shadow=shadow,
-                                                  shared=shared))
-                             for queue, host, kwargs in requests[start:start + batch_size]]
+                for start in range(0, len(prepared), batch_size):
+                    chunk = prepared[start:start + batch_size]
+                    pushing = len(chunk)
                     sent = [events.event("task-sent", r.sent) for _, r in chunk if r.sent]
                     channel.send_requests([r.message for _, r in chunk],
                                           events.gathered(sent) if sent else None)
                     handles += [self._handle(r.task_id, method, host) for host, r in chunk]
         except BatchPublishError as exc:
-            if isinstance(exc.__cause__, Unavailable):  # publish_wait_replicas not reached
-                raise Unavailable(f"{len(requests)} {name} requests, {len(handles)} sent: "
-                                  f"{exc.__cause__}") from exc
             raise Unavailable(
                 f"the broker failed while sending {len(requests)} {name} requests "
                 f"({exc.__cause__ or exc}); {len(handles)} were prepared, and whether they "
                 "were sent is not known",
             ) from exc
         except Unavailable as exc:  # publish_wait_replicas not reached
-            raise Unavailable(f"{len(requests)} {name} requests, {len(handles)} sent: "
-                              f"{exc}") from exc
+            raise Unavailable(
+                f"{len(requests)} {name} requests: the first {len(handles)} were sent and "
+                f"replicated, the next {pushing} reached the master unreplicated ({exc})"
+            ) from exc
         except (OperationalError, redis.RedisError) as exc:
             raise Unavailable(
                 f"cannot reach the broker to send {len(requests)} {name} requests: {exc}; "
@@ -371,10 +384,9 @@ class Client:
             ) from exc
         return handles
 
-    def _send_through_kombu(self, producer: Any, events: Any, name: str,
-                            requests: list[tuple[str, str | None, dict[str, Any]]],
-                            handles: list[Handle], method: str, shadow: str | None,
-                            shared: _Shared | None, batch_size: int) -> None:
+    def _send_through_kombu(self, producer: Any, events: Any,
+                            prepared: list[tuple[str | None, _Request]], handles: list[Handle],
+                            method: str, batch_size: int) -> None:
         """A batch through kombu's producer, for a channel that is not taskyard's Redis.
 
         kombu pipelines it where the transport can (``producer.batch``) and
@@ -382,9 +394,7 @@ class Client:
         """
         gathered: list[dict[str, Any]] = []
         with producer.batch(max_size=batch_size + 1):
-            for queue, host, kwargs in requests:
-                request = self._prepare(events, name, queue, kwargs, shadow=shadow,
-                                        shared=shared)
+            for host, request in prepared:
                 self._publish(producer, events, request, retry=False)
                 if request.sent:
                     gathered.append(events.event("task-sent", request.sent))

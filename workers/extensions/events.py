@@ -7,9 +7,10 @@ one round trip to Redis) per request. A node gathers them instead for
 ``task_events_interval`` (:class:`workers.extensions.consumer.Consumer`),
 so that many requests share one message; the dispatcher here publishes up
 to :data:`BATCH_LIMIT` events in one message, and loses none of what it
-gathered: a stopping node publishes them before its ``worker-offline``, and a
-reconnection carries them over to the new dispatcher (Celery's carries only
-the events that failed to send).
+gathered: a stopping node publishes them before its ``worker-offline`` (and
+those of requests that finish while it drains, when it shuts down, where
+Celery drops them), and a reconnection carries them over to the new
+dispatcher (Celery's carries only the events that failed to send).
 
 Celery publishes each message through kombu's
 ``Producer.publish``: the serializer registry, a ``Message`` object, the
