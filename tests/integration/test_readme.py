@@ -314,6 +314,12 @@ def run_in_background(fleet: Fleet, block: Block, command: str, name: str) -> No
                      f"{what} ({command}):\n{fleet.log(name)}", interval=0.2)
     finally:
         code = fleet.stop(process)
+        # A node stopped this soon after it started may leave its first periodic run in its
+        # own queue, for the next node of its name: a user's next node (their machine's
+        # name) takes it; this one-off name never returns, so the run is dropped here, or
+        # every later `taskyard status` of the README would show it waiting.
+        for queue in fleet.registry.redis.scan_iter(match=f"*.{host}*"):
+            fleet.registry.redis.delete(queue)
     assert code == 0, f"{block}: {command} exited {code}:\n{fleet.log(name)}"
 
 
