@@ -70,6 +70,17 @@ def test_kombus_create_client_takes_asynchronous_and_transport_options_are_read_
 # -- workers.extensions.signing -------------------------------------------------------------
 
 
+def test_kombus_channel_builds_envelopes_and_topics_with_the_helpers_send_requests_reuses() -> None:
+    """``Channel.send_requests`` and ``publish_event`` build kombu's envelope with these."""
+    params = {name: list(inspect.signature(getattr(kombu_redis.Channel, name)).parameters)
+              for name in ("prepare_message", "_inplace_augment_message",
+                           "_get_publish_topics", "_get_message_priority", "_q_for_pri")}
+    assert params["prepare_message"][:7] == ["self", "body", "priority", "content_type",
+                                             "content_encoding", "headers", "properties"]
+    assert params["_inplace_augment_message"] == ["self", "message", "exchange", "routing_key"]
+    assert params["_get_publish_topics"] == ["self", "exchange", "routing_key"]
+
+
 def test_celerys_amqp_makes_its_task_sender_in_create_task_sender() -> None:
     assert callable(AMQP._create_task_sender)
     source = inspect.getsource(AMQP._create_task_sender)

@@ -37,8 +37,8 @@ def queue_lengths(app: Taskyard, records: list[ServiceRecord]) -> dict[str, int]
     names = services | {host_queue(r.service, r.host) for r in records}
     client = app.redis(config.broker_url)
     for service in services:
-        names.update(bytes_to_str(key) for key in client.scan_iter(match=f"{service}.*", count=1000,
-                                                             _type="list"))
+        names.update(bytes_to_str(key) for key in client.scan_iter(
+            match=f"{service}.*", count=1000, _type="list"))
     ordered = sorted(names)
     pipe = client.pipeline(transaction=False)
     for name in ordered:
@@ -57,7 +57,6 @@ def orphans(queues: dict[str, int], records: list[ServiceRecord]) -> list[str]:
         if length and not consumed:
             found.append(name)
     return found
-
 
 
 def running(app: Celery, timeout: float) -> tuple[list[dict[str, Any]], list[str]]:

@@ -355,17 +355,24 @@ class Client:
                 # `cast` does: nothing to declare, one list push per message.
                 producer = self.app.amqp.Producer(connection)
                 channel = producer.channel
-                if not (isinstance(channel, Channel) and channel.supports_batch_publish):
-                    self._send_through_kombu(producer, events, prepared, handles, method,
-                                             batch_size)
-                    return handles
-                for start in range(0, len(prepared), batch_size):
-                    chunk = prepared[start:start + batch_size]
-                    pushing = len(chunk)
-                    sent = [events.event("task-sent", r.sent) for _, r in chunk if r.sent]
-                    channel.send_requests([r.message for _, r in chunk],
-                                          events.gathered(sent) if sent else None)
-                    handles += [self._handle(r.task_id, method, host) for host, r in chunk]
+                # taskyard's Redis channel pushes a batch itself; any other goes through
+                # kombu's producer, which pipelines where its transport can.
+                direct = isinstance(channel, Channel) and channel.supports_batch_publish
+                with contextlib.nullcontext() if direct else \
+                        producer.batch(max_size=batch_size + 1):
+                    for start in range(0, len(prepared), batch_size):
+                        chunk = prepared[start:start + batch_size]
+                        pushing = len(chunk)
+                        sent = [events.event("task-sent", r.sent) for _, r in chunk if r.sent]
+                        if direct:
+                            channel.send_requests([r.message for _, r in chunk],
+                                                  events.gathered(sent) if sent else None)
+                        else:
+                            for _, request in chunk:
+                                self._publish(producer, events, request)
+                            if sent:
+                                events.publish_gathered(sent, producer)
+                        handles += [self._handle(r.task_id, method, host) for host, r in chunk]
         except BatchPublishError as exc:
             raise Unavailable(
                 f"the broker failed while sending {len(requests)} {name} requests "
@@ -383,27 +390,6 @@ class Client:
                 f"{len(handles)} were sent, and whether the others were is not known",
             ) from exc
         return handles
-
-    def _send_through_kombu(self, producer: Any, events: Any,
-                            prepared: list[tuple[str | None, _Request]], handles: list[Handle],
-                            method: str, batch_size: int) -> None:
-        """A batch through kombu's producer, for a channel that is not taskyard's Redis.
-
-        kombu pipelines it where the transport can (``producer.batch``) and
-        sends each message on its own elsewhere.
-        """
-        gathered: list[dict[str, Any]] = []
-        with producer.batch(max_size=batch_size + 1):
-            for host, request in prepared:
-                self._publish(producer, events, request, retry=False)
-                if request.sent:
-                    gathered.append(events.event("task-sent", request.sent))
-                handles.append(self._handle(request.task_id, method, host))
-                if len(gathered) == batch_size:
-                    events.publish_gathered(gathered, producer)
-                    gathered = []
-            if gathered:
-                events.publish_gathered(gathered, producer)
 
     def _handle(self, task_id: str, method: str, host: str | None) -> Handle:
         return Handle(AsyncResult(task_id, app=self.app), self.service, method, host,

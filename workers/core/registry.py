@@ -98,7 +98,6 @@ class ServiceRecord:
         }
 
 
-
 _decode = json.JSONDecoder().decode
 
 

@@ -25,15 +25,19 @@ read entries with the module-global ``loads``; ``Channel._queue_cycle`` has
 ``update``/``consume``/``rotate``; ``Channel._create_client`` makes the client
 of one command; ``QoS.append`` writes ``unacked_index`` and ``unacked`` in one
 pipeline, ``QoS._remove_from_indices`` returns the pipeline it removes them
-with, and ``Channel._do_restore_message`` puts a message back on its queue.
+with, ``Channel._do_restore_message`` puts a message back on its queue, and
+``prepare_message``, ``_inplace_augment_message`` and ``_get_publish_topics``
+build the envelopes and topics that ``send_requests`` and ``publish_event``
+send.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from queue import Empty
 from typing import Any, NamedTuple
 
@@ -289,11 +293,19 @@ class Channel(kombu_redis.Channel):
         """Push ``message`` onto ``queue``; with replicas to wait for, in one ``WAIT`` pipeline."""
         if not self.wait_replicas or kwargs.get("_publish_batch") is not None:
             return super()._put(queue, message, **kwargs)
-        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            waiting = _WaitingPipeline(pipe, self.wait_replicas, self.wait_timeout_s)
-            self._push(waiting, queue, message)
-            waiting.execute()
+        with self._sending() as pipe:
+            self._push(pipe, queue, message)
         return None
+
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[Any]:
+        """A pipeline whose commands go out in one round trip when the block ends; with
+        replicas to wait for, it ends with ``WAIT`` (:class:`_WaitingPipeline`)."""
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            target = (_WaitingPipeline(pipe, self.wait_replicas, self.wait_timeout_s)
+                      if self.wait_replicas else pipe)
+            yield target
+            target.execute()
 
     def _push(self, pipe: Any, queue: str, message: dict[str, Any]) -> None:
         """Add kombu's commands that put ``message`` on ``queue`` to ``pipe``."""
@@ -328,16 +340,13 @@ class Channel(kombu_redis.Channel):
         ``WAIT`` (:class:`_WaitingPipeline`). Like kombu's publish batch, a
         pipeline that fails leaves unknown which of its messages arrived.
         """
-        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            target = (_WaitingPipeline(pipe, self.wait_replicas, self.wait_timeout_s)
-                      if self.wait_replicas else pipe)
+        with self._sending() as pipe:
             for queue, body, headers, properties in messages:
-                self._push(target, queue, self._task_message(queue, body, headers, properties))
+                self._push(pipe, queue, self._task_message(queue, body, headers, properties))
             if event is not None:
                 topics, payload = self._event_envelope(event)
                 for topic in topics:
-                    target.publish(topic, payload)
-            target.execute()
+                    pipe.publish(topic, payload)
 
     def _task_message(self, queue: str, body: bytes, headers: dict[str, Any],
                       properties: dict[str, Any]) -> dict[str, Any]:
@@ -345,24 +354,22 @@ class Channel(kombu_redis.Channel):
         properties = dict(properties)
         priority = properties.pop("priority", 0)  # Producer.publish takes it as an argument
         properties["delivery_mode"] = maybe_delivery_mode(None)  # the default exchange's
-        message: dict[str, Any] = self.prepare_message(body, priority, "application/json",
-                                                       "utf-8", headers, properties)
-        self._inplace_augment_message(message, "", queue)
-        return message
+        return self._envelope("", queue, body, priority, headers, properties)
 
     def _event_envelope(self, event: Event) -> tuple[list[str], str]:
         """The pub/sub topics of ``event`` and the envelope kombu would publish there."""
-        body, encoding = self.encode_body(dumps(event.body), self.body_encoding)
-        message = {
-            "body": body, "content-encoding": "utf-8", "content-type": "application/json",
-            "headers": event.headers or {},
-            "properties": {"delivery_mode": event.delivery_mode,
-                           "delivery_info": {"exchange": event.exchange,
-                                             "routing_key": event.routing_key},
-                           "priority": 0, "body_encoding": encoding,
-                           "delivery_tag": self._next_delivery_tag()},
-        }
+        message = self._envelope(event.exchange, event.routing_key, dumps(event.body), 0,
+                                 event.headers, {"delivery_mode": event.delivery_mode})
         return self._get_publish_topics(event.exchange, event.routing_key), dumps(message)
+
+    def _envelope(self, exchange: str, routing_key: str, body: bytes | str, priority: int,
+                  headers: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
+        """kombu's envelope of a JSON body: its ``prepare_message``, then what
+        ``basic_publish`` adds (encoded body, delivery tag and info)."""
+        message: dict[str, Any] = self.prepare_message(body, priority, "application/json",
+                                                       "utf-8", headers, properties)
+        self._inplace_augment_message(message, exchange, routing_key)
+        return message
 
     def _guard(self, method: Callable[..., Any], takes_queue: bool = False) -> Any:
         """``method`` of kombu's channel, run with a ``loads`` that checks the entry."""

@@ -116,7 +116,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-
 class HostClaim:
     """This node's hold on its host name: one live node per name."""
 
