@@ -43,6 +43,9 @@ HOSTS = ("failover-a", "failover-b")
 #: Seconds the caller casts before the master is killed, and after the promotion.
 BEFORE_KILL_S = 2.0
 AFTER_PROMOTION_S = 4.0
+#: Seconds before the kill in which an accepted cast may be one a node was taking (BRPOP
+#: done, ledger not yet written) when the master died.
+TAKE_WINDOW_S = 0.5
 #: Seconds every accepted cast has to run, counted from the kill; and seconds without a
 #: new effect, with nothing queued or held, after which what is missing counts as lost.
 DRAIN_DEADLINE_S = 60.0
@@ -169,10 +172,13 @@ def fail_over_under(fleet: Fleet, caster: Caster) -> dict[str, Any]:
     missing = wait_until_run(fleet, accepted, killed)
     accepted_at = {key: t for t, key in caster.accepted}
     held = [key for key in accepted if accepted_at[key] < killed and key not in missing]
+    # Accepted in the instant before the kill: what nodes may have been taking as it landed.
+    taken_at_kill = [key for key in accepted if killed - TAKE_WINDOW_S <= accepted_at[key] < killed]
     return {
         # When the last request accepted before the kill had run (its effect's mtime).
         "accepted_before_kill_all_run_s": max(fleet.ran_at(key) for key in held) - killed_wall,
         "lost_after_promotion": [key for key in missing if accepted_at[key] > promoted],
+        "taken_at_kill": taken_at_kill,
         "failover_s": promoted - killed,
         "first_accepted_after_kill_s": min(t for t, _ in caster.accepted if t > killed) - killed,
         "accepted": len(accepted),
@@ -226,7 +232,11 @@ def test_with_publish_wait_replicas_every_accepted_cast_runs_after_a_failover(
     durable = fleet(1)
     figures = fail_over_under(durable, Caster(Client("effects", app=durable.app)))
     print(f"\nfailover with publish_wait_replicas = 1: {figures}")
-    assert figures["missing"] == [], figures
+    # The one loss the design admits (docs/operations.md): a message a node had just taken
+    # (BRPOP, replicated) and not yet recorded when the master died; at most one per node,
+    # accepted in the instant before the kill. Anything else missing is a lost cast.
+    assert set(figures["missing"]) <= set(figures["taken_at_kill"]), figures
+    assert len(figures["missing"]) <= len(durable.nodes), figures
     assert figures["accepted"] > 100, figures
     assert_the_fleet_works_after(durable)
 
