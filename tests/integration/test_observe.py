@@ -246,9 +246,10 @@ def test_worker_logs_are_one_line_per_request_with_duration_and_outcome(
 def test_taskyard_call_shows_progress_on_stderr(
     watched_env: dict[str, str], nodes: dict[str, Node]
 ) -> None:
-    done = run_cli(watched_env, "call", "volume", "create_volume", "size_gb=1")
+    # 2 GiB in 128 chunks: long enough to outlast the 0.3 s before progress shows
+    done = run_cli(watched_env, "call", "volume", "create_volume", "size_gb=2")
     assert done.returncode == 0, done.stderr
-    steps = [int(done) for done in re.findall(r"progress (\d+)/64 wrote \d+ MiB", done.stderr)]
+    steps = [int(done) for done in re.findall(r"progress (\d+)/128 wrote \d+ MiB", done.stderr)]
     assert len(steps) >= 2 and steps == sorted(set(steps)), done.stderr
     assert json.loads(done.stdout)["status"] == "available"
 

@@ -23,7 +23,7 @@ from workers.node.logs import LOG_FORMAT, RequestIdFilter
 
 
 class ScriptedHandle:
-    """A handle whose progress follows a script, one step per look."""
+    """A handle whose progress follows a script, one step per poll (per look at ``ready``)."""
 
     service, method, id = "volume", "create_volume", "task-1"
 
@@ -33,12 +33,11 @@ class ScriptedHandle:
         self.looks = 0
 
     def ready(self) -> bool:
-        return self.looks >= len(self.steps)
+        self.looks += 1
+        return self.looks > len(self.steps)
 
     def progress(self) -> dict[str, Any] | None:
-        step = self.steps[self.looks]
-        self.looks += 1
-        return step
+        return self.steps[self.looks - 1]
 
     def wait(self, timeout: float | None = None) -> Any:
         return self.result
@@ -56,6 +55,7 @@ def step(done: int, total: int, message: str) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def _fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("workers.client.progress.POLL_INTERVAL_S", 0)
+    monkeypatch.setattr("workers.client.progress.SHOW_AFTER_S", 0)
 
 
 def test_the_bar_shows_how_far_the_work_has_come() -> None:
@@ -82,6 +82,16 @@ def test_a_call_without_progress_prints_nothing_on_stderr() -> None:
     out = io.StringIO()
     wait_with_progress(ScriptedHandle([None, None], 1), 10, out)  # type: ignore[arg-type]
     assert out.getvalue() == ""
+
+
+def test_a_request_done_within_the_grace_prints_its_result_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("workers.client.progress.SHOW_AFTER_S", 60)
+    handle = ScriptedHandle([step(1, 1, "allocated"), step(1, 1, "allocated")], "done")
+    out = FakeTerminal()
+    assert wait_with_progress(handle, 10, out) == "done"  # type: ignore[arg-type]
+    assert out.getvalue() == "" and handle.looks == 3  # it ran two polls, then was ready
 
 
 def test_waiting_with_progress_still_times_out_saying_it_may_still_run() -> None:

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 POLL_INTERVAL_S = 0.1
 #: Characters of the bar itself.
 BAR_WIDTH = 30
+#: Seconds a request runs before its progress is shown: a request done sooner
+#: prints its result alone, not a bar that flashes for a few milliseconds.
+SHOW_AFTER_S = 0.3
 
 
 def render(progress: dict[str, Any], width: int = BAR_WIDTH) -> str:
@@ -28,16 +31,19 @@ def wait_with_progress(handle: Handle, timeout: float, stream: TextIO) -> Any:
     """Wait for ``handle``, showing its progress on ``stream``.
 
     On a terminal the bar is redrawn in place; elsewhere (a log file, a
-    pipe) each new step is one plain line.
+    pipe) each new step is one plain line. Nothing is shown for the first
+    ``SHOW_AFTER_S`` seconds, so what a quick request prints does not depend
+    on whether a look happened to fall inside its few milliseconds of work.
     """
     tty = stream.isatty()
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     last: dict[str, Any] | None = None
     shown = False
     while not handle.ready():
         if time.monotonic() >= deadline:
             break
-        progress = handle.progress()
+        progress = handle.progress() if time.monotonic() - started >= SHOW_AFTER_S else None
         if progress and progress != last:
             last = progress
             if tty:
