@@ -9,7 +9,7 @@ import pytest
 
 from workers.core.application import Taskyard
 from workers.core.config import Config
-from workers.core.registry import DISABLED, DOWN, UP, HostsView, Registry
+from workers.core.registry import DISABLED, DOWN, UNREADABLE, UP, HostsView, Registry
 
 DOWN_TIME = 60.0
 
@@ -239,3 +239,43 @@ def test_the_placement_view_sees_every_report_disable_and_departure_at_once(
     assert states() == {"b": ("up", 9), "c": ("disabled", None)}
     fake_redis.hset("taskyard:registry:volume:seen", "b", server_now(fake_redis) - DOWN_TIME - 1)
     assert states()["b"] == ("down", 9)
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe", b'{"capabilities": [5]}'])
+def test_an_unreadable_report_never_hides_the_rest_of_the_fleet(
+    registry: Registry, fake_redis: fakeredis.FakeRedis, raw: bytes,
+) -> None:
+    registry.report("volume", "good", {"capabilities": {"free_gb": 5}})
+    registry.report("volume", "bad", {"capabilities": {"free_gb": 9}})
+    fake_redis.hset("taskyard:registry:volume", "bad", raw)  # written by something else
+
+    bad, good = registry.list("volume")  # sorted by host
+    assert (good.host, good.capabilities) == ("good", {"free_gb": 5})
+    assert (bad.host, bad.state, bad.capabilities) == ("bad", UP, {})
+    if raw.startswith(b"{\""):  # an object, only its capabilities are not a mapping
+        assert UNREADABLE not in bad.info
+    else:
+        assert bad.info[UNREADABLE].startswith("not a JSON object")
+    entries = {e["host"]: e for e in HostsView("volume").read(fake_redis, DOWN_TIME)}
+    assert entries["good"]["capabilities"] == {"free_gb": 5}
+    assert entries["bad"]["capabilities"] == {}
+    registry.report("volume", "bad", {"capabilities": {"free_gb": 9}})  # its next heartbeat
+    assert registry.get("volume", "bad").capabilities == {"free_gb": 9}  # type: ignore[union-attr]
+
+
+def test_unreadable_heartbeat_times_and_disables_are_read_as_never_seen_and_disabled(
+    registry: Registry, fake_redis: fakeredis.FakeRedis,
+) -> None:
+    registry.report("volume", "good", {})
+    registry.report("volume", "stamp", {})
+    fake_redis.hset("taskyard:registry:volume:seen", "stamp", "yesterday")
+    fake_redis.hset("taskyard:registry:volume:disabled", "good", "{broken")
+
+    good, stamp = registry.list("volume")
+    assert (good.state, good.disabled_reason) == (DISABLED, "(unreadable entry: '{broken')")
+    assert (stamp.state, stamp.age) == (DOWN, float("inf"))
+    assert registry.alive_hosts("volume") == ["good"]
+    states = {e["host"]: e["state"] for e in HostsView("volume").read(fake_redis, DOWN_TIME)}
+    assert states == {"good": DISABLED, "stamp": DOWN}
+    assert registry.forget_down(86_400) == [("volume", "stamp")]  # when it was seen is unknown
+    assert [r.host for r in registry.list("volume")] == ["good"]

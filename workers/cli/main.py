@@ -24,7 +24,7 @@ from workers.core.config import Config, effective, load_config
 from workers.core.deadletters import DeadLetters
 from workers.core.keys import host_queue, nodename
 from workers.core.masking import mask_url
-from workers.core.registry import Registry
+from workers.core.registry import UNREADABLE, Registry
 from workers.exceptions import (
     ConfigError,
     InvalidRequest,
@@ -361,7 +361,8 @@ def services(ctx: click.Context, as_json: bool) -> None:
     rows = [("SERVICE", "HOST", "STATE", "LAST SEEN", "CAPABILITIES")]
     for r in records:
         seen = "never" if r.age == float("inf") else f"{r.age:.1f}s ago"
-        caps = summarize(r.capabilities)
+        caps = (f"(report unreadable: {r.info[UNREADABLE]})" if UNREADABLE in r.info
+                else summarize(r.capabilities))
         state = f"{r.state} ({r.disabled_reason})" if r.disabled_reason else r.state
         rows.append((r.service, r.host, state, seen, caps))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

@@ -48,14 +48,16 @@ return now
 """
 
 
-#: Removes the hosts of one service last seen more than ARGV[1] seconds ago (Redis clock).
+#: Removes the hosts of one service last seen more than ARGV[1] seconds ago (Redis clock),
+#: and those whose time of last report is not a number (not written by ``_REPORT``).
 _FORGET_DOWN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local gone = {}
 local seen = redis.call('HGETALL', KEYS[2])
 for i = 1, #seen, 2 do
-  if now - tonumber(seen[i + 1]) > tonumber(ARGV[1]) then
+  local at = tonumber(seen[i + 1])
+  if at == nil or now - at > tonumber(ARGV[1]) then
     redis.call('HDEL', KEYS[1], seen[i])
     redis.call('HDEL', KEYS[2], seen[i])
     redis.call('HDEL', KEYS[3], seen[i])
@@ -87,7 +89,7 @@ class ServiceRecord:
 
     @property
     def capabilities(self) -> dict[str, Any]:
-        return dict(self.info.get("capabilities") or {})
+        return _capabilities(self.info)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,17 +102,59 @@ class ServiceRecord:
 
 _raw_decode = json.JSONDecoder().raw_decode
 
+#: The key of a report's info that says why the report as stored could not be read.
+UNREADABLE = "unreadable"
+
+
+def _document(raw: bytes | str) -> dict[str, Any]:
+    """A JSON object as Redis returned it; ``ValueError`` when it is not one.
+
+    A listing of 10,000 hosts parses 10,000 reports: ``raw_decode`` of the
+    text takes a third less than ``json.loads`` of the bytes, which looks for
+    their encoding and checks for trailing whitespace each time (the registry
+    writes compact JSON).
+    """
+    document = _raw_decode(raw.decode() if isinstance(raw, bytes) else raw)[0]
+    if not isinstance(document, dict):
+        raise ValueError(f"a JSON {type(document).__name__}, not an object")
+    return document
+
 
 def _report(raw: bytes | str) -> dict[str, Any]:
-    """A host's report as stored (JSON, as Redis returned it).
+    """A host's report as stored, or ``{UNREADABLE: why}`` when it cannot be read.
 
-    A listing of 10,000 hosts parses 10,000 of these: ``raw_decode`` of the
-    text takes a third less than ``json.loads`` of the bytes, which looks for
-    their encoding and checks for trailing whitespace each time (a report is
-    compact JSON written by :meth:`Registry.report`).
+    Something other than :meth:`Registry.report` may have written the entry
+    (a hand-made ``HSET``, a tool of another format); one such entry must not
+    stop the listing, the status screen and every placement of the fleet. The
+    host then has no capabilities (placement's filters pass it over, saying
+    so), and its node writes a good report at its next heartbeat.
     """
-    report: dict[str, Any] = _raw_decode(raw.decode() if isinstance(raw, bytes) else raw)[0]
-    return report
+    try:
+        return _document(raw)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        return {UNREADABLE: f"not a JSON object ({exc})"}
+
+
+def _capabilities(info: dict[str, Any]) -> dict[str, Any]:
+    """The capabilities of a report (a copy); none when the report has no mapping of them."""
+    capabilities = info.get("capabilities")
+    return dict(capabilities) if isinstance(capabilities, dict) else {}
+
+
+def _stamp(raw: bytes | str) -> float:
+    """A heartbeat time as stored; 0.0 (never seen) when it is not a number."""
+    try:
+        return float(raw)
+    except ValueError:
+        return 0.0
+
+
+def _reason(raw: bytes | str) -> str:
+    """The reason a host was disabled, from its entry; the entry is unreadable, still disabled."""
+    try:
+        return str(_document(raw)["reason"])
+    except (ValueError, KeyError):
+        return f"(unreadable entry: {bytes_to_str(raw)[:60]!r})"
 
 
 class Registry:
@@ -225,9 +269,9 @@ class Registry:
                 raw_info = infos.get(key)
                 info = _report(raw_info) if raw_info else {}
                 raw_seen = seen.get(key)
-                updated = float(raw_seen) if raw_seen else 0.0
+                updated = _stamp(raw_seen) if raw_seen else 0.0
                 raw_disabled = disabled.get(key)
-                reason = json.loads(raw_disabled)["reason"] if raw_disabled else None
+                reason = _reason(raw_disabled) if raw_disabled else None
                 age = now - updated if updated else float("inf")
                 alive = age <= self.service_down_time
                 state = DISABLED if raw_disabled else UP if alive else DOWN
@@ -297,7 +341,7 @@ class Registry:
         pipe.hgetall(registry_key(service, "seen"))
         (seconds, micros), seen = pipe.execute()
         oldest = float(seconds) + float(micros) / 1e6 - self.service_down_time
-        return sorted(bytes_to_str(host) for host, at in seen.items() if float(at) >= oldest)
+        return sorted(bytes_to_str(host) for host, at in seen.items() if _stamp(at) >= oldest)
 
 
 class HostsView:
@@ -330,8 +374,8 @@ class HostsView:
             for key, raw in zip(changed, redis.hmget(registry_key(self.service), changed),
                                 strict=True):
                 info = _report(raw) if raw else {}
-                reports[key] = (seen[key], float(seen[key]), bytes_to_str(key),
-                                dict(info.get("capabilities") or {}))
+                reports[key] = (seen[key], _stamp(seen[key]), bytes_to_str(key),
+                                _capabilities(info))
         if len(reports) > len(seen):
             for key in [key for key in reports if key not in seen]:
                 del reports[key]
@@ -352,5 +396,5 @@ class HostsView:
                     entry = {"service": service, "host": host, "age": None, "alive": False,
                              "capabilities": {}}
                     entries.append(entry)
-                entry.update(state=DISABLED, disabled_reason=json.loads(raw)["reason"])
+                entry.update(state=DISABLED, disabled_reason=_reason(raw))
         return entries
