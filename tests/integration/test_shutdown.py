@@ -9,6 +9,7 @@ back because the stopping node put it back, not because a sweep found it.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -112,6 +113,45 @@ def test_sigterm_finishes_what_runs_cleans_up_leaves_and_exits_zero_leaving_the_
     nodes("sd-after")
     for handle in [handles["t2"], handles["t3"], handles["t4"], late]:
         assert handle.wait(timeout=30)["host"] == "sd-after"
+
+
+def ctrl_c(node: Node) -> None:
+    """What Ctrl-C in the node's terminal does: SIGINT to its whole process group."""
+    os.killpg(node.pid, signal.SIGINT)
+
+
+def test_ctrl_c_is_a_warm_shutdown_that_finishes_what_runs_and_exits_zero(
+    nodes: Callable[..., Node], slow: Client, store: redis.Redis, registry: Registry,
+) -> None:
+    node = nodes("sd-int", TASKYARD_SHUTDOWN_TIMEOUT="60")
+    handle = slow.cast("work", tag="i0", hold=True)
+    wait_for(lambda: events(store, "started"), 30, "the request to start")
+
+    ctrl_c(node)
+    wait_for(lambda: registry.get(SLOW, node.host) is None, 10, "the node to leave the registry")
+    assert node.alive() and "Warm shutdown" in node.log()
+    release(store, "i0")
+    assert node.process is not None
+    assert node.process.wait(60) == 0  # Celery alone ends a Ctrl-C'd worker with 1
+    assert handle.wait(timeout=10)["host"] == "sd-int"
+
+
+def test_a_second_ctrl_c_stops_running_work_exits_one_and_the_request_runs_elsewhere(
+    nodes: Callable[..., Node], slow: Client, store: redis.Redis, registry: Registry,
+) -> None:
+    node = nodes("sd-int2", TASKYARD_SHUTDOWN_TIMEOUT="60")
+    handle = slow.cast("work", tag="i1", hold=True)
+    wait_for(lambda: events(store, "started"), 30, "the request to start")
+
+    ctrl_c(node)
+    wait_for(lambda: registry.get(SLOW, node.host) is None, 10, "the node to leave the registry")
+    ctrl_c(node)
+    assert node.process is not None and node.process.wait(60) == 1
+    assert events(store, "finished") == []
+
+    release(store, "i1")
+    nodes("sd-int-rescue")
+    assert handle.wait(timeout=30)["host"] == "sd-int-rescue"
 
 
 def test_a_request_running_past_shutdown_timeout_is_stopped_and_done_later_by_another_node(
