@@ -144,8 +144,8 @@ def test_a_second_ctrl_c_stops_running_work_exits_one_and_the_request_runs_elsew
     wait_for(lambda: events(store, "started"), 30, "the request to start")
 
     ctrl_c(node)
-    wait_for(lambda: registry.get(SLOW, node.host) is None, 10, "the node to leave the registry")
-    ctrl_c(node)
+    wait_for(lambda: "Hitting Ctrl+C again" in node.log(), 10, "the first Ctrl-C to be taken")
+    ctrl_c(node)  # at once: Celery's own status for this is sometimes 0
     assert node.process is not None and node.process.wait(60) == 1
     assert events(store, "finished") == []
 

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 import redis
+from celery import signals as celery_signals
 
+from workers.node import exits
+from workers.node.exits import StopWatch
 from workers.node.node import Heartbeat
 
 
@@ -79,3 +82,52 @@ def test_a_manager_whose_capabilities_fail_still_reports_with_the_error() -> Non
     _, info = registry.reports
     assert info["capabilities"] == {"error": "OSError: statvfs failed"}
     assert info["report_count"] == 1 and info["host"] == "node-h"
+
+
+# -- exit status -----------------------------------------------------------------------
+
+
+def stopped(*stops: tuple[str, str], ready: bool = True, cut_off: bool = False) -> StopWatch:
+    """A watch that saw ``stops`` through Celery's own signals (after ``worker_ready``)."""
+    with StopWatch.watching() as watch:
+        if ready:
+            celery_signals.worker_ready.send(sender=None)
+        if cut_off:
+            exits.cutting_off()
+        for sig, how in stops:
+            celery_signals.worker_shutting_down.send(sender="taskyard@n", sig=sig, how=how,
+                                                     exitcode=1)
+    return watch
+
+
+@pytest.mark.parametrize(("stops", "celery_code", "expected"), [
+    ([("SIGTERM", "Warm")], 0, 0),
+    ([("SIGINT", "Warm")], 1, 0),  # one Ctrl-C: Celery says 1
+    ([("SIGINT", "Warm"), ("SIGTERM", "Warm")], 1, 0),
+    ([("SIGINT", "Warm"), ("SIGINT", "Cold")], 1, 1),  # a second Ctrl-C
+    ([("SIGINT", "Warm"), ("SIGINT", "Cold")], None, 1),  # ... quick: Celery says nothing
+    ([("SIGQUIT", "Cold")], None, 1),  # an operator's SIGQUIT
+    ([("SIGTERM", "Warm")], 1, 1),  # a failure after a SIGTERM stays one
+])
+def test_a_nodes_exit_status_says_whether_it_stopped_as_asked(
+    stops: list[tuple[str, str]], celery_code: int | None, expected: int,
+) -> None:
+    assert stopped(*stops).exit_code(celery_code) == expected
+
+
+def test_the_shutdown_timeouts_own_cut_off_is_part_of_the_stop_asked_for() -> None:
+    watch = stopped(("SIGINT", "Warm"), ("SIGQUIT", "Cold"), cut_off=True)
+    assert watch.exit_code(1) == 0
+    assert stopped(("SIGTERM", "Warm"), ("SIGQUIT", "Cold"), cut_off=True).exit_code(None) == 0
+
+
+def test_a_node_that_never_got_ready_keeps_celerys_status() -> None:
+    assert stopped(("SIGINT", "Warm"), ready=False).exit_code(1) == 1  # a start failure
+    assert stopped(ready=False).exit_code(None) == 0
+
+
+def test_the_watch_stops_listening_when_its_run_ends() -> None:
+    watch = stopped()
+    celery_signals.worker_shutting_down.send(sender="taskyard@n", sig="SIGINT", how="Cold",
+                                             exitcode=1)
+    assert watch.stops == []

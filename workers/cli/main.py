@@ -144,28 +144,16 @@ def run_worker(
     argv += list(extra)
     # app.worker_main() drops the worker's exit code; run Celery's command ourselves.
     from celery.bin.celery import celery as celery_command
-    from celery.platforms import EX_FAILURE
-    from celery.signals import worker_shutting_down
 
-    stops: list[tuple[str, str]] = []
-
-    def stopping(sig: str = "", how: str = "", **_: Any) -> None:
-        stops.append((sig, how))
+    from workers.node.exits import StopWatch
 
     celery_command.params[0].default = app
-    worker_shutting_down.connect(stopping, weak=False)
     try:
-        code = celery_command.main(args=argv, prog_name="taskyard", standalone_mode=False)
+        with StopWatch.watching() as stops:
+            code = celery_command.main(args=argv, prog_name="taskyard", standalone_mode=False)
     finally:
-        worker_shutting_down.disconnect(stopping)
         celery_command.params[0].default = None
-    if code == EX_FAILURE and stops[:1] == [("SIGINT", "Warm")] and all(
-            how == "Warm" for _, how in stops):
-        # Celery ends a warm shutdown asked for with Ctrl-C with status 1, one asked for
-        # with SIGTERM with 0. Both finished what ran and put the rest back: a node
-        # stopped from its terminal stopped as asked (a second Ctrl-C, the cold
-        # shutdown that stops running work, keeps 1).
-        code = 0
+    code = stops.exit_code(code)
     if code:
         sys.exit(code)
 

@@ -30,7 +30,7 @@ from managers.base import Manager
 from workers.core.application import Taskyard
 from workers.core.keys import VERSION, key
 from workers.exceptions import ConfigError
-from workers.node import logs
+from workers.node import exits, logs
 from workers.node.endpoints import register_endpoint_tasks
 from workers.node.managers import ProcessManagers, build_manager
 from workers.node.periodic import PeriodicScheduler, register_periodic_tasks
@@ -208,6 +208,7 @@ class Node:
         log.warning("requests still running %g s after the stop signal (shutdown_timeout): "
                     "stopping them; their messages go back to their queues",
                     self.config.shutdown_timeout)
+        exits.cutting_off()
         os.kill(os.getpid(), signal.SIGQUIT)
 
     def stop(self) -> None:
