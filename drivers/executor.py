@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from drivers.exceptions import ProcessExecutionError
 
@@ -24,6 +26,15 @@ __all__ = ["Executor", "ProcessExecutionError", "RecordingExecutor", "Result"]
 
 #: Seconds between two attempts of a command run with ``attempts > 1``.
 RETRY_DELAY_S = 0.5
+
+#: A command runs in a process group of its own. Ctrl-C in a node's terminal signals
+#: the terminal's whole foreground group: a command there would die with the first
+#: Ctrl-C, which asks the node to finish what runs (a prefork node's children ignore
+#: SIGINT and their commands inherit that; a solo or threads node's commands would
+#: not). It stays in the node's session, so ``sudo`` still sees the node's terminal.
+OWN_GROUP: dict[str, Any] = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+)
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,7 @@ class Executor:
             proc = subprocess.run(
                 argv, input=input, capture_output=True, text=True, timeout=timeout,
                 check=False, stdin=None if input is not None else subprocess.DEVNULL,
+                **OWN_GROUP,
             )
         except subprocess.TimeoutExpired as exc:
             raise ProcessExecutionError(

@@ -154,6 +154,29 @@ def test_a_second_ctrl_c_stops_running_work_exits_one_and_the_request_runs_elsew
     assert handle.wait(timeout=30)["host"] == "sd-int-rescue"
 
 
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_ctrl_c_lets_a_running_drivers_command_finish_whatever_the_pool(
+    start_node: Callable[..., Node], client_app: Celery, pool: str,
+) -> None:
+    """The terminal signals its whole foreground group; the driver's ``dd`` must not die."""
+    host = f"sd-{pool}"
+    env = {"TASKYARD_SERVICES__VOLUME__DRIVER": "file",
+           "TASKYARD_SERVICES__VOLUME__DRIVER_OPTIONS__PREALLOCATE": "true",
+           "TASKYARD_SERVICES__VOLUME__DRIVER_OPTIONS__CHUNK_MB": "4"}
+    node = start_node(host, services=["volume"], pool=pool, env=env)
+    volume = Client("volume", app=client_app, host=host)
+    handle = volume.cast("create_volume", size_gb=1, volume_id=f"ctrl-c-{pool}")
+    wait_for(lambda: (handle.progress() or {}).get("done", 0) >= 2, 30,
+             "the volume to be half-way written")  # 256 dd runs of 4 MiB
+
+    ctrl_c(node)
+    assert node.process is not None and node.process.wait(60) == 0, node.log()[-3000:]
+    assert handle.wait(timeout=10)["status"] == "available"
+
+    start_node(host, services=["volume"], pool=pool, env=env)  # to remove its 1 GiB
+    volume.call("delete_volume", volume_id=f"ctrl-c-{pool}")
+
+
 def test_a_request_running_past_shutdown_timeout_is_stopped_and_done_later_by_another_node(
     nodes: Callable[..., Node], slow: Client, store: redis.Redis, registry: Registry,
     record_property: Callable[[str, object], None],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import types
 from pathlib import Path
 
@@ -121,6 +123,17 @@ def test_input_reaches_stdin(run: Executor) -> None:
 
 def test_without_input_stdin_is_empty_rather_than_inherited(run: Executor) -> None:
     assert run("cat", timeout=10).stdout == ""
+
+
+def test_a_command_is_out_of_reach_of_the_terminals_ctrl_c_but_in_the_nodes_session(
+    run: Executor,
+) -> None:
+    ids = run(sys.executable, "-c",
+              "import os; print(os.getpid(), os.getpgrp(), os.getsid(0))").stdout.split()
+    pid, group, session = map(int, ids)
+    assert group == pid != os.getpgrp()  # a group of its own: the terminal's SIGINT misses it
+    if sys.version_info >= (3, 11):
+        assert session == os.getsid(0)  # still the node's session (and terminal)
 
 
 def test_timeout_raises_mentioning_the_timeout(run: Executor) -> None:
