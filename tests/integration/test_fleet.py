@@ -126,17 +126,23 @@ def test_a_disabled_node_is_never_chosen(
 def test_an_unreadable_report_shows_as_such_and_the_fleet_still_works(
     client_app: Taskyard, scheduler: Client, registry: Registry, cluster_env: dict[str, str]
 ) -> None:
-    registry.report("volume", "vol-junk", {})
-    registry.redis.hset("taskyard:registry:volume", "vol-junk", "{written by hand")
+    def junk() -> None:
+        """A live host whose report is unreadable (fresh each step: down after 3 s here)."""
+        registry.report("volume", "vol-junk", {})
+        registry.redis.hset("taskyard:registry:volume", "vol-junk", "{written by hand")
+
     try:
+        junk()
         table = run_cli(cluster_env, "services")
         assert table.returncode == 0, table.stderr
         assert re.search(r"vol-junk\s+up\s+[\d.]+s ago\s+\(report unreadable: not a JSON object",
                          table.stdout), table.stdout
         assert re.search(r"vol-big\s+up\s+.*total_gb=50", table.stdout)
+        junk()
         status = run_cli(cluster_env, "status", "--timeout", "1")
         assert status.returncode == 0 and "vol-junk(up)" in status.stdout, status.stderr
         # Placement passes it over, saying why, and places among the others.
+        junk()
         with pytest.raises(NoValidHost) as caught:
             scheduler.call("schedule_create_volume", size_gb=500)
         assert caught.value.details["reasons"]["CapacityFilter"]["vol-junk"] == "reports no free_gb"

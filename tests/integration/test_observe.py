@@ -247,7 +247,8 @@ def test_taskyard_call_shows_progress_on_stderr(
     watched_env: dict[str, str], nodes: dict[str, Node]
 ) -> None:
     # 2 GiB in 128 chunks: long enough to outlast the 0.3 s before progress shows
-    done = run_cli(watched_env, "call", "volume", "create_volume", "size_gb=2")
+    done = run_cli(watched_env, "call", "volume", "create_volume", "size_gb=2",
+                   "--timeout", "120", timeout=150)
     assert done.returncode == 0, done.stderr
     steps = [int(done) for done in re.findall(r"progress (\d+)/128 wrote \d+ MiB", done.stderr)]
     assert len(steps) >= 2 and steps == sorted(set(steps)), done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import types
 from dataclasses import replace
 from typing import Any
 
@@ -92,6 +93,21 @@ def test_a_request_done_within_the_grace_prints_its_result_alone(
     out = FakeTerminal()
     assert wait_with_progress(handle, 10, out) == "done"  # type: ignore[arg-type]
     assert out.getvalue() == "" and handle.looks == 3  # it ran two polls, then was ready
+
+
+def test_progress_shows_once_the_request_has_run_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]  # one second passes between two polls
+
+    def sleep(_: float) -> None:
+        now[0] += 1
+
+    monkeypatch.setattr("workers.client.progress.SHOW_AFTER_S", 1.5)
+    monkeypatch.setattr("workers.client.progress.time",
+                        types.SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+    steps = [step(1, 4, "a"), step(2, 4, "b"), step(3, 4, "c"), step(4, 4, "d")]
+    out = io.StringIO()
+    assert wait_with_progress(ScriptedHandle(steps, "done"), 60, out) == "done"  # type: ignore[arg-type]
+    assert out.getvalue() == "progress 3/4 c\nprogress 4/4 d\n"  # polled at 2 s and 3 s
 
 
 def test_waiting_with_progress_still_times_out_saying_it_may_still_run() -> None:

@@ -241,7 +241,8 @@ def test_the_placement_view_sees_every_report_disable_and_departure_at_once(
     assert states()["b"] == ("down", 9)
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe", b'{"capabilities": [5]}'])
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe", b"[" * 200_000,
+                                 b'{"capabilities": [5]}'])
 def test_an_unreadable_report_never_hides_the_rest_of_the_fleet(
     registry: Registry, fake_redis: fakeredis.FakeRedis, raw: bytes,
 ) -> None:
@@ -263,19 +264,30 @@ def test_an_unreadable_report_never_hides_the_rest_of_the_fleet(
     assert registry.get("volume", "bad").capabilities == {"free_gb": 9}  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("stamp", ["yesterday", "inf", "-inf", "nan", "1e999"])
 def test_unreadable_heartbeat_times_and_disables_are_read_as_never_seen_and_disabled(
-    registry: Registry, fake_redis: fakeredis.FakeRedis,
+    registry: Registry, fake_redis: fakeredis.FakeRedis, stamp: str,
 ) -> None:
     registry.report("volume", "good", {})
     registry.report("volume", "stamp", {})
-    fake_redis.hset("taskyard:registry:volume:seen", "stamp", "yesterday")
+    fake_redis.hset("taskyard:registry:volume:seen", "stamp", stamp)
     fake_redis.hset("taskyard:registry:volume:disabled", "good", "{broken")
 
-    good, stamp = registry.list("volume")
+    good, unread = registry.list("volume")
     assert (good.state, good.disabled_reason) == (DISABLED, "(unreadable entry: '{broken')")
-    assert (stamp.state, stamp.age) == (DOWN, float("inf"))
+    assert (unread.state, unread.age) == (DOWN, float("inf"))
     assert registry.alive_hosts("volume") == ["good"]
-    states = {e["host"]: e["state"] for e in HostsView("volume").read(fake_redis, DOWN_TIME)}
-    assert states == {"good": DISABLED, "stamp": DOWN}
+    entries = {e["host"]: e for e in HostsView("volume").read(fake_redis, DOWN_TIME)}
+    assert {host: e["state"] for host, e in entries.items()} == {"good": DISABLED,
+                                                                  "stamp": DOWN}
+    assert entries["stamp"]["age"] is None  # placement says "never seen"
     assert registry.forget_down(86_400) == [("volume", "stamp")]  # when it was seen is unknown
     assert [r.host for r in registry.list("volume")] == ["good"]
+
+
+def test_a_report_with_leading_whitespace_is_read(
+    registry: Registry, fake_redis: fakeredis.FakeRedis,
+) -> None:
+    registry.report("volume", "a", {})
+    fake_redis.hset("taskyard:registry:volume", "a", ' \n{"capabilities": {"free_gb": 3}}')
+    assert registry.get("volume", "a").capabilities == {"free_gb": 3}  # type: ignore[union-attr]

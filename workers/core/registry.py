@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +50,7 @@ return now
 
 
 #: Removes the hosts of one service last seen more than ARGV[1] seconds ago (Redis clock),
-#: and those whose time of last report is not a number (not written by ``_REPORT``).
+#: and those whose time of last report is not a finite number (not written by ``_REPORT``).
 _FORGET_DOWN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -57,7 +58,8 @@ local gone = {}
 local seen = redis.call('HGETALL', KEYS[2])
 for i = 1, #seen, 2 do
   local at = tonumber(seen[i + 1])
-  if at == nil or now - at > tonumber(ARGV[1]) then
+  if at == nil or at ~= at or at == math.huge or at == -math.huge
+      or now - at > tonumber(ARGV[1]) then
     redis.call('HDEL', KEYS[1], seen[i])
     redis.call('HDEL', KEYS[2], seen[i])
     redis.call('HDEL', KEYS[3], seen[i])
@@ -114,7 +116,11 @@ def _document(raw: bytes | str) -> dict[str, Any]:
     their encoding and checks for trailing whitespace each time (the registry
     writes compact JSON).
     """
-    document = _raw_decode(raw.decode() if isinstance(raw, bytes) else raw)[0]
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    try:
+        document = _raw_decode(text.lstrip())[0]
+    except RecursionError as exc:  # nested deeper than Python's stack
+        raise ValueError("nested too deeply") from exc
     if not isinstance(document, dict):
         raise ValueError(f"a JSON {type(document).__name__}, not an object")
     return document
@@ -142,11 +148,12 @@ def _capabilities(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stamp(raw: bytes | str) -> float:
-    """A heartbeat time as stored; 0.0 (never seen) when it is not a number."""
+    """A heartbeat time as stored; 0.0 (never seen) when it is not a finite number."""
     try:
-        return float(raw)
+        stamp = float(raw)
     except ValueError:
         return 0.0
+    return stamp if math.isfinite(stamp) else 0.0
 
 
 def _reason(raw: bytes | str) -> str:
@@ -385,7 +392,8 @@ class HostsView:
         for _, stamp, host, capabilities in reports.values():
             alive = stamp >= oldest
             entries.append({"service": service, "host": host, "state": UP if alive else DOWN,
-                            "age": now - stamp, "alive": alive, "capabilities": capabilities,
+                            "age": now - stamp if stamp else None, "alive": alive,
+                            "capabilities": capabilities,
                             "disabled_reason": None})
         if disabled:
             by_host = {entry["host"]: entry for entry in entries}
