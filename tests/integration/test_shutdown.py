@@ -22,7 +22,7 @@ from celery import Celery
 from tests.integration import faults
 from tests.integration.conftest import Node, node_environment
 from workers.cli.embedded import RedisServer
-from workers.client.rpc import Client
+from workers.client.rpc import Client, Handle
 from workers.core.config import Config
 from workers.core.registry import Registry
 from workers.testing import wait_for
@@ -120,18 +120,25 @@ def ctrl_c(node: Node) -> None:
     os.killpg(node.pid, signal.SIGINT)
 
 
+def holding(nodes: Callable[..., Node], slow: Client, store: redis.Redis, host: str, tag: str,
+            shutdown_timeout: str = "60") -> tuple[Node, Handle]:
+    """A node of its own running one request, held until the test releases ``tag``."""
+    node = nodes(host, TASKYARD_SHUTDOWN_TIMEOUT=shutdown_timeout)
+    handle = slow.cast("work", tag=tag, hold=True)
+    wait_for(lambda: events(store, "started"), 30, "the request to start")
+    assert node.process is not None
+    return node, handle
+
+
 def test_ctrl_c_is_a_warm_shutdown_that_finishes_what_runs_and_exits_zero(
     nodes: Callable[..., Node], slow: Client, store: redis.Redis, registry: Registry,
 ) -> None:
-    node = nodes("sd-int", TASKYARD_SHUTDOWN_TIMEOUT="60")
-    handle = slow.cast("work", tag="i0", hold=True)
-    wait_for(lambda: events(store, "started"), 30, "the request to start")
+    node, handle = holding(nodes, slow, store, "sd-int", "i0")
 
     ctrl_c(node)
     wait_for(lambda: registry.get(SLOW, node.host) is None, 10, "the node to leave the registry")
     assert node.alive() and "Warm shutdown" in node.log()
     release(store, "i0")
-    assert node.process is not None
     assert node.process.wait(60) == 0  # Celery alone ends a Ctrl-C'd worker with 1
     assert handle.wait(timeout=10)["host"] == "sd-int"
 
@@ -139,14 +146,12 @@ def test_ctrl_c_is_a_warm_shutdown_that_finishes_what_runs_and_exits_zero(
 def test_a_second_ctrl_c_stops_running_work_exits_one_and_the_request_runs_elsewhere(
     nodes: Callable[..., Node], slow: Client, store: redis.Redis, registry: Registry,
 ) -> None:
-    node = nodes("sd-int2", TASKYARD_SHUTDOWN_TIMEOUT="60")
-    handle = slow.cast("work", tag="i1", hold=True)
-    wait_for(lambda: events(store, "started"), 30, "the request to start")
+    node, handle = holding(nodes, slow, store, "sd-int2", "i1")
 
     ctrl_c(node)
     wait_for(lambda: "Hitting Ctrl+C again" in node.log(), 10, "the first Ctrl-C to be taken")
     ctrl_c(node)  # at once: Celery's own status for this is sometimes 0
-    assert node.process is not None and node.process.wait(60) == 1
+    assert node.process.wait(60) == 1
     assert events(store, "finished") == []
 
     release(store, "i1")
@@ -181,11 +186,8 @@ def test_a_request_running_past_shutdown_timeout_is_stopped_and_done_later_by_an
     nodes: Callable[..., Node], slow: Client, store: redis.Redis, registry: Registry,
     record_property: Callable[[str, object], None],
 ) -> None:
-    node = nodes("sd-cut", TASKYARD_SHUTDOWN_TIMEOUT="2")
-    handle = slow.cast("work", tag="long", hold=True)
-    wait_for(lambda: events(store, "started"), 30, "the request to start")
+    node, handle = holding(nodes, slow, store, "sd-cut", "long", shutdown_timeout="2")
 
-    assert node.process is not None
     signalled = time.monotonic()
     node.process.send_signal(signal.SIGTERM)
     code = node.process.wait(60)
@@ -207,9 +209,7 @@ def test_a_request_running_past_shutdown_timeout_is_stopped_and_done_later_by_an
 def test_a_request_stopped_by_the_shutdown_timeout_is_not_logged_as_done(
     nodes: Callable[..., Node], slow: Client, store: redis.Redis,
 ) -> None:
-    node = nodes("sd-log", TASKYARD_SHUTDOWN_TIMEOUT="1")
-    handle = slow.cast("work", tag="cut", hold=True)
-    wait_for(lambda: events(store, "started"), 30, "the request to start")
+    node, handle = holding(nodes, slow, store, "sd-log", "cut", shutdown_timeout="1")
     assert node.stop(signal.SIGTERM, timeout=60) is not None
     assert events(store, "finished") == []
     assert f"task={handle.id} " not in "".join(

@@ -41,9 +41,10 @@ def wait_with_progress(handle: Handle, timeout: float, stream: TextIO) -> Any:
     last: dict[str, Any] | None = None
     shown = False
     while not handle.ready():
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             break
-        progress = handle.progress() if time.monotonic() - started >= SHOW_AFTER_S else None
+        progress = handle.progress() if now - started >= SHOW_AFTER_S else None
         if progress and progress != last:
             last = progress
             if tty:
