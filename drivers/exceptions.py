@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 __all__ = [
-    "ComputeDriverError", "ConfigError", "DriverError", "NoValidHost", "ProcessExecutionError",
-    "TaskyardError", "VolumeDriverError", "lookup_wire_error", "wire_error", "wire_name",
+    "Cancelled", "ComputeDriverError", "ConfigError", "DriverError", "NoValidHost",
+    "ProcessExecutionError", "TaskyardError", "VolumeDriverError", "lookup_wire_error",
+    "wire_error", "wire_name",
 ]
 
 _E = TypeVar("_E", bound=type["TaskyardError"])
@@ -149,3 +150,16 @@ class ProcessExecutionError(DriverError):
 @wire_error
 class NoValidHost(TaskyardError):
     """Raised when no host can take new work; the message gives each filter's reasons."""
+
+
+@wire_error
+class Cancelled(TaskyardError):
+    """Raised when the request in hand was cancelled, and in a caller waiting for one.
+
+    On a node it comes from the request's :class:`~drivers.cancellation.CancelScope`:
+    a driver's command stopped because of the cancellation, a progress report
+    made after it, or an endpoint checking for itself. The request ends
+    ``REVOKED`` (Celery's state), never ``FAILURE``. In a caller, waiting for a
+    request that was cancelled (or, as :class:`~workers.exceptions.Expired`,
+    that expired before it ran) raises it.
+    """

@@ -9,6 +9,7 @@ recording one and check the exact commands.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import subprocess
@@ -18,7 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.exceptions import ProcessExecutionError
+from drivers.cancellation import current_scope
+from drivers.exceptions import Cancelled, ProcessExecutionError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,11 @@ class Executor:
         (``False`` accepts any). A failure, a timeout or a program that cannot
         start raises :class:`ProcessExecutionError` with the command, exit
         code, stdout and stderr; with ``attempts > 1`` it is tried again first.
+
+        Inside a request that gets cancelled (:mod:`drivers.cancellation`), the
+        command's process group is stopped and :class:`Cancelled` is raised
+        instead, never retried; a command is not started once its request
+        was cancelled.
         """
         if not cmd:
             raise ValueError("Executor() needs a command")
@@ -134,24 +141,41 @@ class Executor:
         input: str | None,
     ) -> Result:
         shown = shlex.join(argv)
+        scope = current_scope.get()
+        if scope is not None:
+            scope.check()
         log.debug("running: %s", shown)
         try:
-            proc = subprocess.run(
-                argv, input=input, capture_output=True, text=True, timeout=timeout,
-                check=False, stdin=None if input is not None else subprocess.DEVNULL,
-                **OWN_GROUP,
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **OWN_GROUP,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise ProcessExecutionError(
-                f"{shown} did not finish within {timeout} s", cmd=argv, exit_code=None,
-                stdout=_text(exc.stdout), stderr=_text(exc.stderr),
-            ) from exc
         except OSError as exc:  # not found, not executable, ...
             raise ProcessExecutionError(
                 f"cannot run {shown}: {exc.strerror or exc}", cmd=argv, exit_code=None,
                 stderr=str(exc),
             ) from exc
-        return _checked(argv, ok_codes, Result(proc.stdout, proc.stderr, proc.returncode))
+        # The command leads a process group of its own (OWN_GROUP): its pid names the group.
+        with proc, scope.running(proc.pid) if scope is not None else contextlib.nullcontext():
+            try:
+                stdout, stderr = proc.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired as exc:
+                proc.kill()
+                out, err = proc.communicate()
+                raise ProcessExecutionError(
+                    f"{shown} did not finish within {timeout} s", cmd=argv, exit_code=None,
+                    stdout=_text(exc.stdout) or out, stderr=_text(exc.stderr) or err,
+                ) from exc
+            except BaseException:
+                proc.kill()
+                raise
+        if scope is not None and scope.cancelled:
+            raise Cancelled(
+                f"{shown} was stopped: its request was cancelled ({scope.reason})",
+                {"cmd": list(argv), "exit_code": proc.returncode, "task_id": scope.task_id},
+            )
+        result = Result(stdout, stderr, proc.returncode)
+        return _checked(argv, ok_codes, result)
 
 
 def _checked(argv: tuple[str, ...], ok_codes: frozenset[int] | None, result: Result) -> Result:

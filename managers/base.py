@@ -24,19 +24,23 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, overload
 
+from drivers.cancellation import CancelScope, check_cancelled
 from managers.records import now
+from managers.retries import RETRY_OPTIONS, RetryPolicy
 
 __all__ = [
-    "Fleet", "Forward", "Manager", "PeriodicSpec", "RequestContext", "current_context",
-    "current_progress", "endpoint", "now", "periodic_task",
+    "Fleet", "Forward", "Manager", "PeriodicSpec", "RequestContext", "RetryPolicy",
+    "current_context", "current_progress", "endpoint", "now", "periodic_task", "retry_policy",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute set on a function by :func:`endpoint`.
 ENDPOINT_MARK = "__taskyard_endpoint__"
+#: Attribute set on a function by :func:`endpoint`: its :class:`RetryPolicy` (or None).
+RETRY_MARK = "__taskyard_retry__"
 #: Attribute set on a function by :func:`periodic_task`.
 PERIODIC_MARK = "__taskyard_periodic__"
 
@@ -48,7 +52,17 @@ RESERVED = frozenset(
 )
 
 
-def endpoint(fn: F) -> F:
+@overload
+def endpoint(fn: F, /) -> F: ...
+
+
+@overload
+def endpoint(*, autoretry_for: Any = ..., max_retries: int | None = ...,
+             retry_backoff: bool | float = ..., retry_backoff_max: float = ...,
+             retry_jitter: bool = ..., default_retry_delay: float = ...) -> Callable[[F], F]: ...
+
+
+def endpoint(fn: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
     """Make a public method reachable by messages as the task ``<service>.<name>``.
 
     Arguments are bound to the method's signature before it runs: missing,
@@ -56,14 +70,38 @@ def endpoint(fn: F) -> F:
     are rejected with ``InvalidRequest`` naming the argument. Endpoints must
     be safe to run twice with the same arguments (a message can be delivered
     again after a crash).
+
+    ``@endpoint(autoretry_for=(DriverError,), max_retries=3, retry_backoff=True)``
+    tries a failure of those classes again, as a delayed request under the
+    same task id, with Celery's names and meaning (see :mod:`managers.retries`).
     """
-    name = fn.__name__
+    if fn is None:
+        def mark(method: F) -> F:
+            return _mark_endpoint(method, RetryPolicy.from_options(method.__name__, options))
+
+        return mark
+    if options:
+        raise TypeError("use @endpoint or @endpoint(option=...), not both")
+    return _mark_endpoint(fn, None)
+
+
+def _mark_endpoint(fn: F, retry: RetryPolicy | None) -> F:
+    name = getattr(fn, "__name__", repr(fn))
+    if not callable(fn):
+        raise TypeError(f"@endpoint needs a method, got {fn!r}")
     if name.startswith("_"):
         raise TypeError(f"{name!r} cannot be an endpoint: names starting with '_' are private")
     if name in RESERVED:
         raise TypeError(f"{name!r} cannot be an endpoint: it is part of the manager's life cycle")
     setattr(fn, ENDPOINT_MARK, True)
+    setattr(fn, RETRY_MARK, retry)
     return fn
+
+
+def retry_policy(fn: Callable[..., Any]) -> RetryPolicy | None:
+    """The retry policy ``@endpoint(...)`` gave ``fn`` (None: failures are not retried)."""
+    policy = getattr(fn, RETRY_MARK, None)
+    return policy if isinstance(policy, RetryPolicy) else None
 
 
 @dataclass(frozen=True)
@@ -75,13 +113,23 @@ class PeriodicSpec:
     run_immediately: bool = False
 
 
-def periodic_task(*, spacing: float, run_immediately: bool = False) -> Callable[[F], F]:
+def periodic_task(*, spacing: float, run_immediately: bool = False,
+                  **options: Any) -> Callable[[F], F]:
     """Run a manager method every ``spacing`` seconds on every node of the service.
 
     It runs as the task ``<service>.periodic.<name>`` on the node's own queue,
     never twice at once on one node; an exception is logged and the schedule
-    goes on.
+    goes on (its next run is its retry: retry options are refused here).
     """
+    if options:
+        retry = sorted(set(options) & RETRY_OPTIONS)
+        if retry:
+            raise TypeError(
+                f"periodic_task takes no retry options ({', '.join(retry)}): retries are "
+                "for endpoints (@endpoint(autoretry_for=...)); a periodic task's next run "
+                "comes at its next spacing")
+        raise TypeError(f"periodic_task got unknown option(s) {', '.join(sorted(options))}; "
+                        "it takes spacing and run_immediately")
     if not spacing or spacing <= 0:
         raise ValueError("periodic_task needs spacing > 0 (seconds)")
 
@@ -104,6 +152,25 @@ class RequestContext:
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: The message's task id: the same on every delivery of one message.
     task_id: str | None = None
+    #: Which run of the request this is: 1, then 2 for its first retry, and so on.
+    attempt: int = 1
+    #: Where a cancellation of the request lands (set by the service layer on a node).
+    scope: CancelScope | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the request was cancelled while it runs (``terminate``): stop soon.
+
+        Its driver's commands are already stopped, and the next progress report
+        raises :class:`~drivers.exceptions.Cancelled`; an endpoint in a long loop
+        of its own may look here and return, or call ``self.context.check()``.
+        """
+        return self.scope is not None and self.scope.cancelled
+
+    def check(self) -> None:
+        """Raise :class:`~drivers.exceptions.Cancelled` if the request was cancelled."""
+        if self.scope is not None:
+            self.scope.check()
 
     def as_headers(self) -> dict[str, Any]:
         return {
@@ -243,7 +310,12 @@ class Manager:
         return current_context.get()
 
     def report_progress(self, done: int, total: int, message: str = "") -> None:
-        """Tell the caller (and Flower) how far the request in hand has come."""
+        """Tell the caller (and Flower) how far the request in hand has come.
+
+        Raises :class:`~drivers.exceptions.Cancelled` instead once the request
+        was cancelled (``terminate``): a long endpoint stops at its next report.
+        """
+        check_cancelled()
         sink = current_progress.get()
         if sink is not None:
             sink(int(done), int(total), str(message))

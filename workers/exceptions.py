@@ -18,6 +18,8 @@ here, so a caller needs only ``from workers.exceptions import ...`` (or
     ├── NotFound *                   managers.exceptions: the resource does not exist
     ├── Conflict *                   managers.exceptions: the resource's state forbids it
     ├── RemoteError *                workers.exceptions: anything else that failed on a node
+    ├── Cancelled *                  drivers.exceptions: the request was cancelled (stopped)
+    │   └── Expired *                workers.exceptions: its deadline passed before it ran
     ├── Timeout                      workers.exceptions: no answer in time (it may still run)
     └── Unavailable                  workers.exceptions: the broker cannot be reached (not sent)
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import traceback as _traceback
 
 from drivers.exceptions import (
+    Cancelled,
     ComputeDriverError,
     ConfigError,
     DriverError,
@@ -46,10 +49,12 @@ from drivers.exceptions import (
 from managers.exceptions import Conflict, InvalidRequest, NotFound
 
 __all__ = [
+    "Cancelled",
     "ComputeDriverError",
     "ConfigError",
     "Conflict",
     "DriverError",
+    "Expired",
     "InvalidRequest",
     "NoValidHost",
     "NotFound",
@@ -90,8 +95,20 @@ class UnsupportedVersion(InvalidRequest):
 class Timeout(TaskyardError):
     """Raised in the caller when no answer came in time.
 
-    The request was sent and may still run: the message says so, with the
-    task id to look it up later.
+    The message says where the request is (``details["stage"]``): ``queued``
+    (not started; it may still run until its deadline), ``expired`` (not
+    started, and its deadline passed: it never will), ``waiting`` (delayed) or
+    ``running`` (on the node in ``details["host"]``: it may still finish),
+    with the task id to look it up later.
+    """
+
+
+@wire_error
+class Expired(Cancelled):
+    """Raised in a caller waiting for a request whose deadline (``expires``) passed before it ran.
+
+    It never ran and never will: the node that took it settled it as
+    ``REVOKED`` (Celery's state), its result saying when it expired.
     """
 
 

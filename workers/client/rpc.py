@@ -16,28 +16,29 @@ fails at once, before anything is sent) and again on the node.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
-from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from kombu.exceptions import BatchPublishError, OperationalError
 
 from managers.base import RequestContext, current_context
-from workers.core.addresses import is_redis_address
+from workers.client.handle import Cancellation, Handle, cancel
+from workers.client.timing import Times, Timing
 from workers.core.api import ServiceAPI
 from workers.core.application import Taskyard, default_app
 from workers.core.binding import Binder
 from workers.core.config import Config
-from workers.core.keys import INFLIGHT_TASKS_KEY, PROGRESS, host_queue, task_name
+from workers.core.delays import Marker
+from workers.core.keys import host_queue, task_name
 from workers.exceptions import (
     InvalidRequest,
-    RemoteError,
     TaskyardError,
-    Timeout,
     Unavailable,
     UnknownService,
 )
@@ -83,103 +84,9 @@ def _short_repr(value: Any, limit: int = 1024) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _as_error(exc: BaseException, result: AsyncResult | None = None) -> TaskyardError:
-    if isinstance(exc, TaskyardError):
-        if isinstance(exc, RemoteError) and not exc.traceback and result is not None:
-            exc.with_details(traceback=result.traceback or "")
-        return exc
-    return RemoteError.from_exception(exc)
-
-
-class Handle:
-    """A request that was sent: its task id, and a way to wait for its outcome."""
-
-    def __init__(self, result: AsyncResult, service: str, method: str,
-                 host: str | None, timeout: float) -> None:
-        self.result = result
-        self.service = service
-        self.method = method
-        self.host = host
-        self.timeout = timeout
-
-    @property
-    def id(self) -> str:
-        return str(self.result.id)
-
-    @property
-    def state(self) -> str:
-        """Celery's state: PENDING, STARTED, PROGRESS, SUCCESS, FAILURE...
-
-        STARTED comes from the in-flight ledger (a node holds the request),
-        not from the result backend: nodes do not write it there, which
-        saves a write and a publish per request (``task_track_started``).
-        """
-        state = str(self.result.state)
-        if state == "PENDING" and self._taken():
-            return "STARTED"
-        return state
-
-    def _taken(self) -> bool:
-        """Whether a node holds this request now (the Redis broker's in-flight ledger)."""
-        app = self.result.app
-        config = getattr(app, "config", None)
-        if config is None or not config.task_track_started or \
-                not is_redis_address(config.broker_url):
-            return False
-        return bool(app.redis(config.broker_url).hexists(INFLIGHT_TASKS_KEY, self.id))
-
-    def ready(self) -> bool:
-        return bool(self.result.ready())
-
-    def progress(self) -> dict[str, Any] | None:
-        """``{done, total, message}`` while the endpoint reports progress, else None."""
-        if self.result.state == PROGRESS and isinstance(self.result.info, Mapping):
-            return dict(self.result.info)
-        return None
-
-    def wait(self, timeout: float | None = None) -> Any:
-        """The endpoint's return value; its error raised as a taskyard error.
-
-        :class:`Timeout` when no answer came within ``timeout`` seconds (the
-        client's timeout by default): the request may still run.
-        """
-        timeout = self.timeout if timeout is None else timeout
-        try:
-            # ``interval`` only matters for backends that are polled (not Redis).
-            return self.result.get(timeout=timeout, propagate=True, interval=0.02)
-        except CeleryTimeoutError:
-            self._stop_listening()
-            raise Timeout(
-                f"no answer from {self.service}.{self.method} within {timeout:g} s; "
-                f"it may still run (task id {self.id})",
-                {"task_id": self.id, "service": self.service, "method": self.method},
-            ) from None
-        except (OperationalError, redis.RedisError) as exc:
-            raise Unavailable(
-                f"lost the result backend while waiting for {self.service}.{self.method} "
-                f"(task id {self.id}): {exc}; the request may still run", {"task_id": self.id},
-            ) from exc
-        except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise _as_error(exc, self.result) from None
-
-    def _stop_listening(self) -> None:
-        """Drop the backend's subscription for this result until the next wait.
-
-        A caller that gave up waiting should not keep a subscription (and its
-        reconnection attempts) alive; waiting again subscribes again.
-        """
-        # A backend without subscriptions has nothing to drop.
-        with contextlib.suppress(Exception):
-            self.result.backend.remove_pending_result(self.result)
-
-    def __repr__(self) -> str:
-        return f"<Handle {self.service}.{self.method} {self.id}>"
-
-
 class Client:
-    """Sends requests to one service; :meth:`prepare` makes one bound to a host or timeout."""
+    """Sends requests to one service; :meth:`prepare` makes one bound to a host, a timeout,
+    a delay (``countdown``, ``eta``) or a deadline (``expires``)."""
 
     def __init__(
         self,
@@ -190,13 +97,21 @@ class Client:
         app: Taskyard | None = None,
         user: str | None = None,
         version_cap: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
     ) -> None:
         self.app = app or default_app()
         self.config: Config = self.app.config
         self.service = service
         self.host = host
         self.timeout = self.config.rpc_timeout if timeout is None else float(timeout)
+        if not self.timeout > 0:
+            raise InvalidRequest(f"timeout={timeout!r}: expected a number of seconds > 0",
+                                 {"argument": "timeout"})
         self.user = user
+        #: When requests may run and until when (checked now, turned into times at each send).
+        self.timing = Timing(countdown, eta, expires)
         configured = self.config.services.get(service)
         cap = version_cap or (configured.version_cap if configured else None)
         #: What the service's nodes published: its endpoints and their arguments (None
@@ -215,15 +130,26 @@ class Client:
 
     def prepare(
         self, host: str | None = None, timeout: float | None = None, user: str | None = None,
-        version_cap: str | None = None,
+        version_cap: str | None = None, *, countdown: float | None = None,
+        eta: datetime | None = None, expires: float | datetime | None = None,
     ) -> Client:
-        """A client like this one, bound to ``host``'s own queue, another timeout or version."""
+        """A client like this one, bound to ``host``'s own queue, another timeout or version,
+        a delay or a deadline.
+
+        - ``countdown`` (seconds) or ``eta`` (a datetime): the requests wait in Redis
+          until then (``cast``, ``cast_many``, ``fanout``), as Celery's names say;
+        - ``expires`` (seconds from each send, or a datetime): a node that takes a
+          request after then does not run it (``REVOKED``, its result saying it
+          expired). A ``call`` expires at its timeout when no ``expires`` is given.
+        """
+        timing = self.timing.replace(countdown, eta, expires)
         return Client(
             self.service, app=self.app,
             host=host if host is not None else self.host,
             timeout=timeout if timeout is not None else self.timeout,
             user=user if user is not None else self.user,
             version_cap=version_cap if version_cap is not None else self.version,
+            countdown=timing.countdown, eta=timing.eta, expires=timing.expires,
         )
 
     # -- sending ---------------------------------------------------------------
@@ -256,21 +182,24 @@ class Client:
             binder.bind((), kwargs)
 
     def _send(self, method: str, kwargs: dict[str, Any], host: str | None,
-              shadow: str | None = None, subscribe: bool = False) -> Handle:
+              shadow: str | None = None, subscribe: bool = False,
+              times: Times | None = None) -> Handle:
         """Check and send one request; ``subscribe`` to its result first for a call.
 
         The message and its task-sent event go in one round trip
         (:meth:`workers.extensions.transport.Channel.send_requests`), retried
-        on a fresh pooled connection when the one in hand is broken. Its
-        result is subscribed to only when asked (a call waits at once; a cast
-        subscribes when its handle is waited on, reading the stored result
-        first, so nothing is missed).
+        on a fresh pooled connection when the one in hand is broken; a
+        delayed one goes to the delayed requests in Redis instead of its
+        queue, in the same round trip. Its result is subscribed to only
+        when asked (a call waits at once; a cast subscribes when its handle
+        is waited on, reading the stored result first, so nothing is missed).
         """
         self._check(method, kwargs)
+        times = times or self.timing.at(time.time())
         name = task_name(self.service, method)
         queue = host_queue(self.service, host) if host else self.service
         events = self._sent_events()
-        request = self._prepare(events, name, queue, kwargs, shadow=shadow)
+        request = self._prepare(events, name, queue, kwargs, shadow=shadow, times=times)
         try:
             with self.app.producer_or_acquire() as producer:
                 if subscribe:
@@ -278,7 +207,8 @@ class Client:
                 if _speaks_taskyard(producer):
                     event = events.prepare("task-sent", request.sent) if request.sent else None
                     producer.connection.ensure(
-                        producer, lambda: producer.channel.send_requests([request.message], event),
+                        producer, lambda: producer.channel.send_requests(
+                            [request.message], event, due=times.due),
                         **self.app.conf.task_publish_retry_policy)()
                 else:
                     self._publish(producer, events, request, retry=True)
@@ -290,15 +220,47 @@ class Client:
                 f"cannot reach the broker to send {self.service}.{method}: {cause}; "
                 "the request was not sent",
             ) from exc
-        return self._handle(request.task_id, method, host)
+        return self._handle(request.task_id, method, host, times)
 
     def cast(self, method: str, /, **kwargs: Any) -> Handle:
         """Send a request and return its :class:`Handle` at once."""
         return self._send(method, kwargs, self.host)
 
     def call(self, method: str, /, **kwargs: Any) -> Any:
-        """Send a request and wait (up to the timeout) for its result."""
-        return self._send(method, kwargs, self.host, subscribe=True).wait()
+        """Send a request and wait (up to the timeout) for its result.
+
+        Unless the client has an ``expires`` of its own, the request expires
+        when the wait ends: a node that takes it later does not run it, so a
+        call that raised :class:`Timeout` before it started never runs.
+        """
+        times = self.timing.at(time.time(), deadline_s=self.timeout)
+        return self._send(method, kwargs, self.host, subscribe=True, times=times).wait()
+
+    def send_again(self, method: str, kwargs: dict[str, Any], *, task_id: str, queue: str,
+                   headers: dict[str, Any], retries: int, times: Times,
+                   marker: Marker | None = None) -> None:
+        """Send a request again as another run of itself (a retry): the same task id and
+        context, ``retries`` runs before it, waiting until ``times.due``.
+
+        On taskyard's Redis channel the message and ``marker`` (the request's
+        record of its runs) are written in one atomic step; elsewhere (the
+        in-memory transport of tests) Celery's own ``eta`` delays it.
+        """
+        request = self._prepare(None, task_name(self.service, method), queue, kwargs,
+                                times=times, task_id=task_id, headers=dict(headers),
+                                retries=retries)
+        with self.app.producer_or_acquire() as producer:
+            if _speaks_taskyard(producer):
+                producer.connection.ensure(
+                    producer, lambda: producer.channel.send_requests(
+                        [request.message], due=times.due, marker=marker),
+                    **self.app.conf.task_publish_retry_policy)()
+            else:
+                self._publish(producer, None, request, retry=True)
+
+    def cancel(self, task_id: str, terminate: bool = False) -> Cancellation:
+        """Cancel the request ``task_id`` (see :func:`workers.client.handle.cancel`)."""
+        return cancel(self.app, task_id, terminate=terminate)
 
     def cast_many(self, method: str, calls: Iterable[Mapping[str, Any]], /, *,
                   batch_size: int = DEFAULT_BATCH_SIZE) -> list[Handle]:
@@ -326,24 +288,27 @@ class Client:
 
     def _send_batch(self, method: str, requests: list[tuple[str, str | None, dict[str, Any]]],
                     *, shadow: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                    one_request: bool = False) -> list[Handle]:
+                    one_request: bool = False, times: Times | None = None) -> list[Handle]:
         """Send checked requests ``(queue, host, kwargs)`` in pipelined round trips.
 
         Each batch of ``batch_size`` messages, with their task-sent events as
         one message, is one round trip to Redis, whatever the number of
-        queues. With ``one_request`` (a fanout: the same arguments to every
+        queues (delayed ones go to the delayed requests in one atomic step
+        per batch). With ``one_request`` (a fanout: the same arguments to every
         queue) the messages share one request context and one serialized body.
         """
         if not requests:
             return []
         name = task_name(self.service, method)
         events = self._sent_events()
+        times = times or self.timing.at(time.time())
         shared = _Shared(self._request_headers(),
                          _short_repr(requests[0][2])) if one_request else None
         # Every message is made (sized and sealed) before the first is sent: one the broker
         # would refuse refuses the batch, with nothing sent.
         prepared = [(host, self._prepare(events, name, queue, kwargs, shadow=shadow,
-                                         shared=shared)) for queue, host, kwargs in requests]
+                                         shared=shared, times=times))
+                    for queue, host, kwargs in requests]
         handles: list[Handle] = []
         pushing = 0
         try:
@@ -366,13 +331,15 @@ class Client:
                         sent = [events.event("task-sent", r.sent) for _, r in chunk if r.sent]
                         if direct:
                             channel.send_requests([r.message for _, r in chunk],
-                                                  events.gathered(sent) if sent else None)
+                                                  events.gathered(sent) if sent else None,
+                                                  due=times.due)
                         else:
                             for _, request in chunk:
                                 self._publish(producer, events, request)
                             if sent:
                                 events.publish_gathered(sent, producer)
-                        handles += [self._handle(r.task_id, method, host) for host, r in chunk]
+                        handles += [self._handle(r.task_id, method, host, times)
+                                    for host, r in chunk]
         except BatchPublishError as exc:
             raise Unavailable(
                 f"the broker failed while sending {len(requests)} {name} requests "
@@ -391,23 +358,31 @@ class Client:
             ) from exc
         return handles
 
-    def _handle(self, task_id: str, method: str, host: str | None) -> Handle:
+    def _handle(self, task_id: str, method: str, host: str | None,
+                times: Times | None = None) -> Handle:
         return Handle(AsyncResult(task_id, app=self.app), self.service, method, host,
-                      self.timeout)
+                      self.timeout, times)
 
     def _prepare(self, events: Any, name: str, queue: str, kwargs: dict[str, Any], *,
-                 shadow: str | None = None, shared: _Shared | None = None) -> _Request:
+                 shadow: str | None = None, shared: _Shared | None = None,
+                 times: Times | None = None, task_id: str | None = None,
+                 headers: dict[str, Any] | None = None, retries: int = 0) -> _Request:
         """One task message, in Celery's format with fewer layers, ready to send.
 
         The body is serialized once (to size it, sign it and send it); the
-        messages of a fanout share it.
+        messages of a fanout share it. ``times`` puts Celery's ``eta`` and
+        ``expires`` in its headers; ``task_id``, ``headers`` and ``retries``
+        send a request again as another run of itself (a retry).
         """
-        task_id = str(uuid.uuid4())
-        headers = shared.headers if shared is not None else self._request_headers()
+        task_id = task_id or str(uuid.uuid4())
+        if headers is None:
+            headers = shared.headers if shared is not None else self._request_headers()
         kwargsrepr = shared.kwargsrepr if shared is not None else _short_repr(kwargs)
+        times = times or Times()
         task_headers, properties, body, sent_event = self.app.amqp.create_task_message(
             task_id, name, (), kwargs, argsrepr="()", kwargsrepr=kwargsrepr,
-            create_sent_event=events is not None, shadow=shadow,
+            create_sent_event=events is not None, shadow=shadow, retries=retries,
+            eta=times.iso(times.due), expires=times.iso(times.expires),
         )
         task_headers.update(headers)
         payload = seal(self.config, name, task_headers, body,
@@ -452,15 +427,18 @@ class Client:
 
         Live means reporting heartbeats in time (a disabled node included).
         Returns the hosts it was sent to, or with ``wait=True`` a dict of host
-        -> result (or the error raised there, as an exception object).
+        -> result (or the error raised there, as an exception object); waiting,
+        each message expires at the timeout unless the client has ``expires``.
         """
         self._check(method, kwargs)
+        times = self.timing.at(time.time(), deadline_s=self.timeout if wait else None)
         hosts = self.app.registry.alive_hosts(self.service)
         # The shadow name is what logs and Flower show: "volume.ping (fanout)". One
         # pipelined round trip per batch of hosts, not one per host.
         shadow = f"{task_name(self.service, method)} (fanout)"
         sent = self._send_batch(method, [(host_queue(self.service, host), host, kwargs)
-                                         for host in hosts], shadow=shadow, one_request=True)
+                                         for host in hosts], shadow=shadow, one_request=True,
+                                times=times)
         handles = dict(zip(hosts, sent, strict=True))
         if not wait:
             return list(handles)
@@ -479,4 +457,7 @@ class Client:
 
     def __repr__(self) -> str:
         target = f" host={self.host}" if self.host else ""
+        if self.timing.delayed:
+            target += (f" countdown={self.timing.countdown:g}" if self.timing.countdown
+                       is not None else f" eta={self.timing.eta}")
         return f"<Client {self.service}{target} timeout={self.timeout:g}>"

@@ -57,6 +57,10 @@ BACKENDS = {
     "cache": "workers.extensions.backend:CacheBackend",
 }
 
+#: The key of a task's result in Celery's Redis result backend, before the task id
+#: (``KeyValueStoreBackend.task_keyprefix``; checked by tests/unit/test_canaries.py).
+RESULT_KEY_PREFIX = "celery-task-meta-"
+
 #: Seconds a broker or result socket operation may take before it fails.
 SOCKET_TIMEOUT_S = 30
 #: Seconds to establish a connection to Redis.
@@ -142,6 +146,12 @@ def celery_settings(config: Config) -> dict[str, Any]:
             "taskyard_host": config.host,
             "taskyard_wait_replicas": config.publish_wait_replicas,
             "taskyard_wait_timeout": config.publish_wait_timeout,
+            # Taking a message reads its cancellation (and, delivered again, its result
+            # when results live in the broker's Redis) in the same transaction.
+            "taskyard_lifecycle": True,
+            "taskyard_result_prefix": RESULT_KEY_PREFIX if config.result_backend ==
+            config.broker_url and "global_keyprefix" not in config.celery.get(
+                "result_backend_transport_options", {}) else "",
         },
         # Give up on an unreachable result backend after a few seconds, not twenty.
         "result_backend_transport_options": {

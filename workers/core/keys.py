@@ -22,6 +22,9 @@ MAX_FORWARD_HOPS = 3
 #: The task state that carries ``{done, total, message}`` while an endpoint runs.
 PROGRESS = "PROGRESS"
 
+#: Celery's states after which a request never runs again.
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
 
 def host_queue(service: str, host: str) -> str:
     """Name of the queue only ``host`` consumes for ``service``."""
@@ -84,3 +87,26 @@ def claim_key(host: str) -> str:
 def recovery_lock_key(host: str) -> str:
     """Held by the one live node putting a dead ``host``'s messages back."""
     return key("recovering", host)
+
+
+#: Delayed requests (``countdown``, ``eta``, retries): a sorted set of task id -> when it
+#: is due (epoch seconds), and a hash of task id -> ``<Redis list>\n<kombu envelope>``.
+DELAYED_KEY = key("delayed")
+DELAYED_ENTRIES_KEY = key("delayed", "entries")
+#: Held by the one node that moves due delayed requests to their queues.
+MOVER_LEASE_KEY = key("delayed", "mover")
+#: Where cancellations that stop running requests are announced (pub/sub).
+CANCEL_CHANNEL = key("cancel")
+#: Requests counted by what happened to them (``expired``, ``cancelled``...): field
+#: ``<what>:<service>`` -> count.
+LIFECYCLE_COUNTS_KEY = key("counts")
+
+
+def revoked_key(task_id: str) -> str:
+    """Present while ``task_id`` is cancelled: ``revoke``, or ``terminate`` to stop it running."""
+    return key("revoked", task_id)
+
+
+def attempts_key(task_id: str) -> str:
+    """The runs of ``task_id``: ``attempt`` (the run sent last), ``error``, ``retry_at``."""
+    return key("attempts", task_id)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -50,12 +51,16 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from workers.core.deadletters import DeadLetters, service_of
+from workers.core.delays import Delayed, DelayedRequests, Marker
 from workers.core.keys import (
     INFLIGHT_HOSTS_KEY,
     INFLIGHT_OWNERS_KEY,
     INFLIGHT_TASKS_KEY,
+    attempts_key,
     inflight_key,
+    revoked_key,
 )
+from workers.core.revocations import Holder
 from workers.exceptions import Unavailable
 
 log = logging.getLogger("taskyard.transport")
@@ -94,6 +99,40 @@ return host
 """
 
 
+_UNREAD = object()
+
+
+class Checks(NamedTuple):
+    """What the transaction that took a message read about its request."""
+
+    #: ``revoke`` or ``terminate`` when the request was cancelled, else None.
+    revoked: str | None
+    #: Whether the message was delivered again (after a crash, a restart, a lost ack).
+    redelivered: bool
+    #: The run the request's last retry asked for (None: never retried).
+    attempt: int | None
+    #: The request's stored result as JSON text (None: none; ``_UNREAD``: not read here).
+    result: Any
+
+    @classmethod
+    def read(cls, replies: list[Any], redelivered: bool, with_result: bool) -> Checks:
+        tail = 1 + (1 + with_result if redelivered else 0)
+        values = replies[-tail:]
+        revoked = bytes_to_str(values[0]) if values[0] is not None else None
+        attempt = None
+        result: Any = _UNREAD
+        if redelivered:
+            raw = values[1]
+            attempt = int(raw) if raw is not None else None
+            if with_result:
+                result = bytes_to_str(values[2]) if values[2] is not None else None
+        return cls(revoked, redelivered, attempt, result)
+
+    @property
+    def result_read(self) -> bool:
+        return self.result is not _UNREAD
+
+
 class QoS(kombu_redis.QoS):
     """kombu's unacked bookkeeping, with an in-flight ledger kept in the same transactions.
 
@@ -111,20 +150,61 @@ class QoS(kombu_redis.QoS):
 
     def append(self, message: Any, delivery_tag: str) -> None:
         delivery = message.delivery_info
-        host = self.channel.taskyard_host
+        channel = self.channel
+        host = channel.taskyard_host
+        headers = message.headers or {}
+        task_id = headers.get("id") or ""
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
             pipe.hset(self.unacked_key, delivery_tag,
                       dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
             if host:
-                task_id = (message.headers or {}).get("id") or ""
                 pipe.hset(INFLIGHT_OWNERS_KEY, delivery_tag, host)
                 pipe.hset(inflight_key(host), delivery_tag, task_id)
                 if task_id:
-                    pipe.hset(INFLIGHT_TASKS_KEY, task_id, host)
+                    pipe.hset(INFLIGHT_TASKS_KEY, task_id,
+                              Holder(host, os.getpid(), round(time.time(), 3)).encode())
                 pipe.sadd(INFLIGHT_HOSTS_KEY, host)
-            pipe.execute()
+            # What the node must know before it runs the request, read in the very
+            # transaction that takes it: whether it was cancelled and, when it was
+            # delivered again, whether it already finished or was retried since.
+            redelivered = bool(delivery.get("redelivered") or headers.get("redelivered"))
+            checking = bool(task_id) and channel.taskyard_lifecycle
+            if checking:
+                pipe.get(revoked_key(task_id))
+                if redelivered:
+                    pipe.hget(attempts_key(task_id), "attempt")
+                    if channel.taskyard_result_prefix:
+                        pipe.get(channel.taskyard_result_prefix + task_id)
+            replies = pipe.execute()
+        if checking:
+            message.taskyard_checks = Checks.read(replies, redelivered,
+                                                  bool(channel.taskyard_result_prefix))
         virtual.QoS.append(self, message, delivery_tag)
+
+    def defer(self, message: Any, due: float) -> None:
+        """Hand ``message`` (taken now) to the delayed requests, due at ``due``, with its ack.
+
+        One transaction keeps it until due and takes it off the node (kombu's
+        unacked indices and the in-flight ledger): a crash leaves it either
+        held by the node (and delivered again) or waiting, never both, never
+        neither. For a plain Celery caller's ``countdown``/``eta``, which
+        Celery would keep in the worker's memory until due.
+        """
+        tag = message.delivery_tag
+        delivery = message.delivery_info
+        channel = self.channel
+        queues = channel._lookup(delivery["exchange"], delivery["routing_key"]) or \
+            [delivery["routing_key"]]
+        priority = channel._get_message_priority(message._raw, reverse=False)
+        entry = Delayed((message.headers or {}).get("id") or tag,
+                        channel._q_for_pri(queues[0], priority), dumps(message._raw), due)
+        with self.pipe_or_acquire() as pipe:
+            DelayedRequests.schedule(pipe, [entry])
+            self._remove_from_indices(tag, pipe)
+            pipe.execute()
+        virtual.QoS.ack(self, tag)
+        message._state = "ACK"
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         pipe = super()._remove_from_indices(delivery_tag, pipe)
@@ -232,10 +312,16 @@ class Channel(kombu_redis.Channel):
     taskyard_host: str | None = None
     taskyard_wait_replicas: int = 0
     taskyard_wait_timeout: float = 1.0
+    #: Whether taking a message reads its cancellation and, delivered again, its runs.
+    taskyard_lifecycle: bool = False
+    #: The result backend's key prefix when results live in this Redis ("" otherwise):
+    #: a message delivered again has its result read in the transaction that takes it.
+    taskyard_result_prefix: str = ""
 
     #: The transport options of taskyard's channels (set by the app's settings).
     TASKYARD_OPTIONS = ("taskyard_max_message_bytes", "taskyard_services", "taskyard_host",
-                        "taskyard_wait_replicas", "taskyard_wait_timeout")
+                        "taskyard_wait_replicas", "taskyard_wait_timeout",
+                        "taskyard_lifecycle", "taskyard_result_prefix")
     from_transport_options = (  # type: ignore[assignment]  # a longer tuple than kombu's
         *kombu_redis.Channel.from_transport_options, *TASKYARD_OPTIONS,
     )
@@ -328,7 +414,8 @@ class Channel(kombu_redis.Channel):
                 client.publish(topic, payload)
 
     def send_requests(self, messages: Sequence[tuple[str, bytes, dict[str, Any], dict[str, Any]]],
-                      event: Event | None = None) -> None:
+                      event: Event | None = None, *, due: float | None = None,
+                      marker: Marker | None = None) -> None:
         """Push task messages ``(queue, body, headers, properties)`` and publish ``event``, in
         one round trip.
 
@@ -336,13 +423,25 @@ class Channel(kombu_redis.Channel):
         then the task-sent events' own publishes, would do in many round
         trips and layers (``maybe_declare``, ``ensure`` and a ``Message``
         each); each queue entry is byte for byte kombu's (checked by the
-        tests). With ``publish_wait_replicas`` the pipeline ends with
-        ``WAIT`` (:class:`_WaitingPipeline`). Like kombu's publish batch, a
-        pipeline that fails leaves unknown which of its messages arrived.
+        tests). With ``due`` (epoch seconds) the messages wait in the delayed
+        requests until then instead (:mod:`workers.core.delays`), in one
+        atomic step with ``marker`` (a retry's record of its runs). With
+        ``publish_wait_replicas`` the pipeline ends with ``WAIT``
+        (:class:`_WaitingPipeline`). Like kombu's publish batch, a pipeline
+        that fails leaves unknown which of its messages arrived.
         """
         with self._sending() as pipe:
-            for queue, body, headers, properties in messages:
-                self._push(pipe, queue, self._task_message(queue, body, headers, properties))
+            if due is None:
+                for queue, body, headers, properties in messages:
+                    self._push(pipe, queue, self._task_message(queue, body, headers, properties))
+            else:
+                waiting = []
+                for queue, body, headers, properties in messages:
+                    message = self._task_message(queue, body, headers, properties)
+                    priority = self._get_message_priority(message, reverse=False)
+                    waiting.append(Delayed(headers["id"], self._q_for_pri(queue, priority),
+                                           dumps(message), due))
+                DelayedRequests.schedule(pipe, waiting, marker)
             if event is not None:
                 topics, payload = self._event_envelope(event)
                 for topic in topics:

@@ -11,18 +11,33 @@ request, under the same task id, to the node that owns the resource.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import time
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
-from celery import Task
+from celery import Task, signals
+from celery.exceptions import Ignore, Retry
 
-from managers.base import Forward, RequestContext, current_context, current_progress
+from drivers.cancellation import CancelScope, current_scope
+from managers.base import (
+    Forward,
+    RequestContext,
+    RetryPolicy,
+    current_context,
+    current_progress,
+    retry_policy,
+)
+from workers.client.rpc import Client
+from workers.client.timing import Times
 from workers.core.binding import Binder
 from workers.core.deadletters import DeadLetters
-from workers.core.keys import MAX_FORWARD_HOPS, PROGRESS, host_queue
+from workers.core.delays import Marker
+from workers.core.keys import MAX_FORWARD_HOPS, PROGRESS, attempts_key, host_queue
+from workers.core.revocations import Holder
 from workers.core.specs import ServiceSpec
 from workers.exceptions import (
     InvalidRequest,
@@ -32,13 +47,18 @@ from workers.exceptions import (
     lookup_wire_error,
 )
 from workers.extensions.signing import SIGNATURE_HEADER
+from workers.extensions.strategy import timestamp
+from workers.node.cancellation import TERMINATED, Terminations
 from workers.node.logs import log_request
 from workers.node.managers import ProcessManagers
+from workers.node.request import count
 
 log = logging.getLogger("taskyard.dispatch")
 
 #: Every endpoint and periodic task checks signatures before the pool (signing on).
 VERIFYING_STRATEGY = "workers.extensions.strategy:verifying_strategy"
+#: ... and settles what did not run (expired, cancelled) saying why.
+REQUEST = "workers.node.request:Request"
 
 
 def _jsonable(value: Any) -> Any:
@@ -47,7 +67,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def context_from_request(request: Any) -> RequestContext:
+def context_from_request(request: Any, *, attempt: int = 1,
+                         scope: CancelScope | None = None) -> RequestContext:
     """The request context a message carries (a new one when it carries none)."""
     request_id = getattr(request, "taskyard_request_id", None) or getattr(request, "id", None)
     return RequestContext(
@@ -55,7 +76,20 @@ def context_from_request(request: Any) -> RequestContext:
         caller_host=getattr(request, "taskyard_caller", None),
         user=getattr(request, "taskyard_user", None),
         task_id=getattr(request, "id", None),
+        attempt=attempt,
+        scope=scope,
     )
+
+
+def _wire_form(exc: Exception, host: str | None) -> TaskyardError:
+    """What the caller gets for ``exc``: a declared error as itself (with ``host``), anything
+    else as :class:`RemoteError` naming it."""
+    if isinstance(exc, TaskyardError) and \
+            lookup_wire_error(type(exc).__module__, type(exc).__qualname__) is type(exc):
+        if host:
+            exc.with_details(host=host)
+        return exc
+    return RemoteError.from_exception(exc, host)
 
 
 class EndpointTask(Task):
@@ -66,12 +100,16 @@ class EndpointTask(Task):
     binder: Binder
     #: The node's managers (one per service per process).
     managers: ProcessManagers
+    #: The endpoint's retry policy (``@endpoint(autoretry_for=...)``; None: no retries).
+    retry_policy: RetryPolicy | None = None
     #: Declared errors are part of normal operation: the worker logs them at INFO, not ERROR.
     throws = (TaskyardError,)
     #: Arguments are checked by the binder on the node, not by Celery in the caller.
     typing = False
     #: Signed messages are checked before they reach the pool (workers.security).
     Strategy = VERIFYING_STRATEGY
+    #: A request that expired or was cancelled before it ran says so (workers.node.request).
+    Request = REQUEST
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         return self.dispatch(args, kwargs)
@@ -79,57 +117,124 @@ class EndpointTask(Task):
     def dispatch(self, args: Any, kwargs: Any) -> Any:
         """Bind, call the manager, and turn the outcome into what crosses the wire.
 
-        Writes one log line per request: endpoint, host, request id,
-        duration and outcome.
+        The request runs in a cancel scope that a cancellation with
+        ``terminate`` reaches (:mod:`workers.node.cancellation`); a failure
+        the endpoint's retry policy covers is sent again as a delayed
+        request. Writes one log line per request: endpoint, host, request
+        id, duration and outcome.
         """
         started = time.perf_counter()
-        context = context_from_request(self.request)
+        request = self.request
+        retries = request.retries if isinstance(request.retries, int) else 0
+        scope = CancelScope(request.id)
+        context = context_from_request(request, attempt=retries + 1, scope=scope)
         context_token = current_context.set(context)
+        scope_token = current_scope.set(scope)
         host = self.app.config.host
         forward_to = None
         # Until the method returns: a request stopped mid-way (SystemExit in a pool
         # process at a shutdown cut-off or a lost broker) must not read as done.
         outcome = "interrupted"
+        terminations = self.managers.terminations() if request.id and not request.is_eager \
+            else None
         try:
-            manager = self.managers.get(self.service)
-            host = manager.host
-            self.check_version(manager.rpc_api_version)
-            try:
-                bound = self.binder.bind(args, kwargs)
-            except InvalidRequest as exc:
-                self.dead_letter(str(exc), args, kwargs, host)
-                raise
-            method = getattr(manager, self.method)
-            progress_token = current_progress.set(self._report_progress)
-            try:
-                result = _jsonable(method(**bound))
-            finally:
-                current_progress.reset(progress_token)
-            outcome = "ok"
-            return result
-        except Forward as forward:
-            forward_to = forward.host
-            outcome = f"forwarded to {forward_to}"
-        except TaskyardError as exc:
-            outcome = f"error {type(exc).__name__}"
-            if lookup_wire_error(type(exc).__module__, type(exc).__qualname__) is type(exc):
-                if host:
-                    exc.with_details(host=host)
-                raise
-            # Not part of the service's API (a driver's error, say): logged here with its
-            # traceback, and the caller gets RemoteError naming it.
-            log.exception("%s failed on %s", self.name, host)
-            raise RemoteError.from_exception(exc, host) from None
-        except Exception as exc:
-            outcome = f"error {type(exc).__name__}"
-            log.exception("%s failed on %s", self.name, host)
-            raise RemoteError.from_exception(exc, host) from None
+            with terminations.watch(request.id, scope) if terminations is not None \
+                    else contextlib.nullcontext():
+                if terminations is not None and os.getpid() != self.managers.main_pid:
+                    self._note_process(terminations, host)
+                try:
+                    manager = self.managers.get(self.service)
+                    host = manager.host
+                    self.check_version(manager.rpc_api_version)
+                    try:
+                        bound = self.binder.bind(args, kwargs)
+                    except InvalidRequest as exc:
+                        self.dead_letter(str(exc), args, kwargs, host)
+                        raise
+                    method = getattr(manager, self.method)
+                    progress_token = current_progress.set(self._report_progress)
+                    try:
+                        result = _jsonable(method(**bound))
+                    finally:
+                        current_progress.reset(progress_token)
+                    outcome = "ok"
+                    return result
+                except Forward as forward:
+                    forward_to = forward.host
+                    outcome = f"forwarded to {forward_to}"
+                except Exception as exc:
+                    outcome = f"error {type(exc).__name__}"
+                    if scope.cancelled:
+                        outcome = "cancelled (terminate)"
+                        self._settle_cancelled(scope)
+                    error = _wire_form(exc, host)
+                    policy = self.retry_policy
+                    if policy is not None and policy.retries(exc) and policy.allows(retries):
+                        outcome = self._retry(error, policy, retries, kwargs) or outcome
+                    if error is not exc:
+                        # Not part of the service's API (a driver's error, say): logged here
+                        # with its traceback, and the caller gets RemoteError naming it.
+                        log.exception("%s failed on %s", self.name, host)
+                    raise error from None
         finally:
-            log_request(self.name, host, context.request_id, self.request.id, started, outcome)
+            log_request(self.name, host, context.request_id, request.id, started, outcome)
+            current_scope.reset(scope_token)
             current_context.reset(context_token)
         # Handed on outside the except block: nothing of the manager's frames stays
         # chained to the exception that ends this run (Celery's Ignore).
         return self._forward(forward_to, host, kwargs)
+
+    def _note_process(self, terminations: Terminations, host: str) -> None:
+        """In a prefork child, say in the ledger which process runs the request (Celery's
+        STARTED ``pid``): the node's main process took it."""
+        try:
+            terminations.revocations.move_holder(
+                self.request.id, Holder(host, os.getpid(), round(time.time(), 3)))
+        except Exception as exc:  # what the ledger says of a pid never stops a request
+            log.debug("could not note the process of %s: %s", self.request.id, exc)
+
+    def _settle_cancelled(self, scope: CancelScope) -> NoReturn:
+        """End a request stopped by a cancellation with terminate: ``REVOKED``, as Celery's."""
+        request = self.request
+        reason = scope.reason or TERMINATED
+        self.backend.mark_as_revoked(request.id, reason, request=request)
+        self.send_event("task-revoked", terminated=True, signum=None, expired=False)
+        signals.task_revoked.send(sender=self, request=request, terminated=True, signum=None,
+                                  expired=False)
+        count(self.app, "cancelled", self.name)
+        raise Ignore()
+
+    def _retry(self, error: TaskyardError, policy: RetryPolicy, retries: int,
+               kwargs: Any) -> str | None:
+        """Send the request again, delayed as ``policy`` says, and end this run as RETRY.
+
+        The next run is a delayed request under the same task id (it waits in
+        Redis, never in a node's memory), written in one step with the
+        request's record of its runs, which is how a message of this run
+        delivered again after a crash knows it was retried and does not run.
+        Returns the outcome when no retry can be sent (its deadline comes first).
+        """
+        request = self.request
+        countdown = policy.countdown(retries)
+        due = time.time() + countdown
+        expires = timestamp(request.expires) if request.expires else None
+        if expires is not None and expires <= due:
+            return f"error {error.details.get('type') or type(error).__name__} (its deadline " \
+                   "comes before a retry could run)"
+        attempt = retries + 2
+        runs = "" if policy.max_retries is None else f" of {policy.max_retries + 1}"
+        error.with_details(attempt=retries + 1)
+        log.warning("%s[%s] failed on run %d%s (%s); run %d in %.1f s", self.name, request.id,
+                    retries + 1, runs, error, attempt, countdown)
+        headers = {key: value for key, value in (request.headers or {}).items()
+                   if key.startswith("taskyard_") and key != SIGNATURE_HEADER}
+        queue = (request.delivery_info or {}).get("routing_key") or self.service
+        marker = Marker(attempts_key(request.id), attempt, f"{error}"[:2000], due,
+                        int(self.app.config.result_expires))
+        Client(self.service, app=self.app).send_again(
+            self.method, dict(kwargs), task_id=request.id, queue=queue, headers=headers,
+            retries=retries + 1, times=Times(due, expires), marker=marker)
+        raise Retry(f"run {attempt} in {countdown:.1f} s", exc=error, when=due)
 
     def check_version(self, served: str) -> None:
         """:class:`UnsupportedVersion` unless this node serves the version the request needs."""
@@ -198,6 +303,7 @@ def register_endpoint_tasks(app: Any, spec: ServiceSpec, managers: ProcessManage
                 "method": method,
                 "binder": binder,
                 "managers": managers,
+                "retry_policy": retry_policy(spec.manager_cls.endpoints()[method]),
                 "__module__": __name__,
                 "__doc__": getattr(spec.manager_cls.endpoints()[method], "__doc__", None),
             },

@@ -20,10 +20,12 @@ from drivers.executor import Executor
 from drivers.loading import load_driver
 from managers.base import Manager
 from workers.client.rpc import Client
+from workers.core.addresses import is_redis_address
 from workers.core.application import Taskyard
 from workers.core.config import Config
 from workers.core.registry import HostsView
 from workers.core.specs import ServiceSpec
+from workers.node.cancellation import Terminations
 
 log = logging.getLogger("taskyard.node")
 
@@ -94,15 +96,32 @@ class ProcessManagers:
         self.app = app
         #: The services whose queues this node consumes.
         self.served = served
+        #: The node's main process (a prefork child runs requests in a process of its own).
+        self.main_pid = os.getpid()
         self._managers: dict[str, Manager] = {}
+        self._terminations: Terminations | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def _forget_parents(self) -> None:
-        """In a forked child, drop the managers inherited from the parent (with the lock)."""
+        """In a forked child, drop what it inherited from the parent (with the lock)."""
         if self._pid != os.getpid():
             self._managers = {}
+            self._terminations = None
             self._pid = os.getpid()
+
+    def terminations(self) -> Terminations | None:
+        """This process's watcher of cancellations with terminate (None off the Redis broker)."""
+        if self._terminations is not None and self._pid == os.getpid():
+            return self._terminations
+        config = self.app.config
+        if not is_redis_address(config.broker_url):
+            return None
+        with self._lock:
+            self._forget_parents()
+            if self._terminations is None:
+                self._terminations = Terminations(self.app.redis(config.broker_url))
+            return self._terminations
 
     def get(self, service: str) -> Manager:
         """This process's manager of ``service``, built (its driver set up) on first use."""

@@ -27,12 +27,14 @@ from typing import Any
 from celery import bootsteps, signals
 
 from managers.base import Manager
+from workers.core.addresses import is_redis_address
 from workers.core.application import Taskyard
 from workers.core.keys import VERSION, key
 from workers.exceptions import ConfigError
 from workers.node import exits, logs
 from workers.node.endpoints import register_endpoint_tasks
 from workers.node.managers import ProcessManagers, build_manager
+from workers.node.mover import Mover
 from workers.node.periodic import PeriodicScheduler, register_periodic_tasks
 from workers.node.recovery import Recovery
 
@@ -118,6 +120,8 @@ class Node:
         self.started_at = time.time()
         self.heartbeat: Heartbeat | None = None
         self.scheduler: PeriodicScheduler | None = None
+        #: Hands due delayed requests to their queues (while this node holds the lease).
+        self.mover: Mover | None = None
         #: Armed when a warm shutdown begins (see :meth:`NodeStep.stop`).
         self.deadline: threading.Timer | None = None
         self._left = False
@@ -149,6 +153,9 @@ class Node:
         except Exception as exc:
             log.warning("first heartbeat of %s failed: %s", self.host, exc)
         self.heartbeat.start()
+        if is_redis_address(self.config.broker_url):
+            self.mover = Mover(self.app.redis(self.config.broker_url), self.host)
+            self.mover.start()
         periodic = [(s, p) for s in self.services for p in self.app.spec(s).periodic.values()]
         if periodic:
             self.scheduler = PeriodicScheduler(
@@ -181,6 +188,8 @@ class Node:
         if self._left:
             return
         self._left = True
+        if self.mover is not None:
+            self.mover.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.heartbeat is not None:
@@ -224,6 +233,9 @@ class Node:
                 manager.cleanup_host()
             except Exception:
                 log.exception("cleanup_host of %s failed", service)
+        terminations = self.process_managers.terminations()
+        if terminations is not None:
+            terminations.stop()
         self.recovery.stop()
 
 

@@ -31,7 +31,7 @@ from managers.base import PeriodicSpec
 from workers.core.keys import host_queue, periodic_pending_key, periodic_task_name
 from workers.core.specs import ServiceSpec
 from workers.exceptions import UnknownEndpoint
-from workers.node.endpoints import VERIFYING_STRATEGY
+from workers.node.endpoints import REQUEST, VERIFYING_STRATEGY
 from workers.node.logs import log_request
 from workers.node.managers import ProcessManagers
 
@@ -61,6 +61,7 @@ class PeriodicTask(Task):
     #: A failing run is logged here once, with its traceback; Celery need not log it again.
     throws = (Exception,)
     Strategy = VERIFYING_STRATEGY
+    Request = REQUEST
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
