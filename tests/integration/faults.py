@@ -31,10 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from drivers.exceptions import DriverError
 from drivers.volume.base import ProgressCallback, VolumeRef
 from drivers.volume.fake import FakeVolumeDriver
 from drivers.volume.file import FileVolumeDriver
 from managers.base import Manager, endpoint, now
+from managers.exceptions import InvalidRequest
 from managers.volume import VolumeManager
 
 #: Where a crash happens: environment variable and its values.
@@ -231,3 +233,107 @@ class EffectManager(Manager):
         """Make the effect of ``key``; the host that made it."""
         self.driver.apply(key, self.host)
         return self.host
+
+
+# -- a request's life: counting runs, long work, commands, retries ------------------------
+
+LIFE_SERVICE = "life"
+
+
+def life_settings(path: Path, root: Path) -> str:
+    """TASKYARD_SETTINGS: the reference fleet, plus the ``life`` service (its files in ``root``)."""
+    path.write_text(
+        f"[default.services.{LIFE_SERVICE}]\n"
+        'manager = "tests.integration.faults:LifeManager"\n'
+        'driver = "tests.integration.faults:LifeDriver"\n'
+        f'driver_options = {{ root = "{root}" }}\n'
+    )
+    return f"{REPO_ROOT / 'settings.toml'},{path}"
+
+
+class LifeDriver:
+    """Files under ``root`` that outlive Redis restarts, and commands through the executor."""
+
+    def __init__(self, root: str, executor: Any = None) -> None:
+        from drivers.executor import Executor
+
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.execute = executor or Executor()
+
+    def note(self, name: str, line: str) -> int:
+        """Append ``line`` to ``<root>/<name>``; how many lines it has now."""
+        path = self.root / name
+        with open(path, "a") as out:
+            out.write(line + "\n")
+        return len(path.read_text().splitlines())
+
+    def lines(self, name: str) -> list[str]:
+        path = self.root / name
+        return path.read_text().splitlines() if path.exists() else []
+
+    def sleep(self, seconds: float) -> None:
+        """``sleep`` as a command: the executor stops it when the request is cancelled."""
+        self.execute("sleep", str(seconds))
+
+
+class LifeManager(Manager):
+    """Endpoints whose every run leaves a trace outside Redis, for lifecycle tests."""
+
+    driver: LifeDriver
+
+    @endpoint
+    def count(self, key: str) -> dict[str, Any]:
+        """Not idempotent on purpose: every run adds a line to ``runs``."""
+        self.driver.note("runs", f"{key} {self.host} {os.getpid()}")
+        return {"key": key, "host": self.host}
+
+    @endpoint
+    def nap(self, tag: str, seconds: float = 1.0, steps: int = 10) -> dict[str, Any]:
+        """Sleep in ``steps`` steps, reporting progress after each."""
+        self.driver.note("started", tag)
+        for step in range(steps):
+            time.sleep(seconds / steps)
+            self.report_progress(step + 1, steps, f"{tag} step {step + 1}")
+        self.driver.note("finished", tag)
+        return {"tag": tag, "host": self.host}
+
+    @endpoint
+    def command(self, tag: str, seconds: float = 60.0) -> dict[str, Any]:
+        """Run ``sleep seconds`` as a driver command."""
+        self.driver.note("started", tag)
+        self.driver.sleep(seconds)
+        self.driver.note("finished", tag)
+        return {"tag": tag}
+
+    @endpoint
+    def spin(self, tag: str, seconds: float = 60.0) -> dict[str, Any]:
+        """Work in a loop of its own that looks at ``self.context.cancelled``."""
+        self.driver.note("started", tag)
+        ends = time.monotonic() + seconds
+        context = self.context
+        while time.monotonic() < ends:
+            if context is not None and context.cancelled:
+                self.driver.note("noticed", tag)
+                return {"tag": tag, "stopped": True}
+            time.sleep(0.01)
+        self.driver.note("finished", tag)
+        return {"tag": tag, "stopped": False}
+
+    @endpoint(autoretry_for=(DriverError,), max_retries=3, retry_backoff=0.2,
+              retry_jitter=False)
+    def flaky(self, key: str, failures: int = 1) -> dict[str, Any]:
+        """Fail with a driver error on the first ``failures`` runs, then succeed."""
+        context = self.context
+        attempt = context.attempt if context is not None else 1
+        self.driver.note("attempts", f"{key} {attempt}")
+        if attempt <= failures:
+            raise DriverError(f"backend busy (run {attempt})")
+        return {"key": key, "attempt": attempt}
+
+    @endpoint(autoretry_for=(DriverError,), max_retries=2, retry_backoff=0.1,
+              retry_jitter=False)
+    def picky(self, key: str) -> dict[str, Any]:
+        """Raise a request's own error (never retried), whatever ``autoretry_for`` says."""
+        self.driver.note("attempts", f"{key} {self.context.attempt if self.context else 1}")
+        raise InvalidRequest(f"{key} is not acceptable")

@@ -67,9 +67,14 @@ SOCKET_TIMEOUT_S = 30
 SOCKET_CONNECT_TIMEOUT_S = 5
 #: Seconds of idleness before a pooled Redis connection is checked.
 HEALTH_CHECK_INTERVAL_S = 25
-#: How the result backend retries a lost connection: 5 tries, at most 1 s apart.
+#: How a caller's result backend retries a lost connection: 5 tries, at most 1 s apart.
 RESULT_RETRY_POLICY = {"max_retries": 5, "interval_start": 0, "interval_step": 0.5,
                        "interval_max": 1}
+#: ... and a node's, storing the result of a request it ran: for two minutes, so that a
+#: request that finished while Redis restarted has its result once Redis is back, and is
+#: never run again (see workers.extensions.consumer).
+NODE_RESULT_RETRY_POLICY = {"max_retries": 120, "interval_start": 0, "interval_step": 0.5,
+                            "interval_max": 1}
 
 
 #: The visibility sweep runs every tenth of ``visibility_timeout``, within these bounds (s).
@@ -208,6 +213,9 @@ class Taskyard(Celery):
         self._apis: dict[tuple[str, str | None], tuple[float, ServiceAPI | None]] = {}
         self._specs: dict[str, ServiceSpec] = {}
         self.conf.update(celery_settings(config))
+        #: Whether this app runs a node (set by the node's bootstep): results are stored
+        #: with :data:`NODE_RESULT_RETRY_POLICY`.
+        self.serving = False
         self.loader.override_backends = dict(BACKENDS)
         self.steps["worker"].add(NODE_STEP)
         self.steps["consumer"].add(RECOVER_STEP)

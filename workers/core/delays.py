@@ -32,7 +32,10 @@ from typing import Any
 
 from kombu.utils.encoding import bytes_to_str
 
-from workers.core.keys import DELAYED_ENTRIES_KEY, DELAYED_KEY
+from workers.core.keys import BELL_MAX, DELAYED_ENTRIES_KEY, DELAYED_KEY, bell_key
+
+#: The bell of a list is this prefix and the list's name (see workers.extensions.take).
+BELL_PREFIX = bell_key("")
 
 #: Requests one run of the move script hands on at most (another run follows at once).
 MOVE_BATCH = 500
@@ -55,8 +58,9 @@ end
 return n
 """
 
-#: Moves up to ARGV[1] due requests to their lists; returns {moved, seconds until the next
-#: is due (-1: none waits)} by Redis's clock.
+#: Moves up to ARGV[1] due requests to their lists, ringing each list's bell (ARGV[2] ..
+#: list, at most ARGV[3] tokens); returns {moved, seconds until the next is due (-1: none
+#: waits)} by Redis's clock.
 _MOVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -65,7 +69,10 @@ for _, id in ipairs(due) do
   local entry = redis.call('HGET', KEYS[2], id)
   if entry then
     local cut = string.find(entry, '\\n', 1, true)
-    redis.call('LPUSH', string.sub(entry, 1, cut - 1), string.sub(entry, cut + 1))
+    local list = string.sub(entry, 1, cut - 1)
+    redis.call('LPUSH', list, string.sub(entry, cut + 1))
+    redis.call('LPUSH', ARGV[2] .. list, '1')
+    redis.call('LTRIM', ARGV[2] .. list, 0, tonumber(ARGV[3]) - 1)
     redis.call('HDEL', KEYS[2], id)
   end
   redis.call('ZREM', KEYS[1], id)
@@ -155,7 +162,8 @@ class DelayedRequests:
 
     def move_due(self, limit: int = MOVE_BATCH) -> Moved:
         """Move up to ``limit`` due requests to their queues (Redis's clock)."""
-        moved, wait = self.redis.eval(_MOVE, 2, DELAYED_KEY, DELAYED_ENTRIES_KEY, limit)
+        moved, wait = self.redis.eval(_MOVE, 2, DELAYED_KEY, DELAYED_ENTRIES_KEY, limit,
+                                      BELL_PREFIX, BELL_MAX)
         seconds = float(bytes_to_str(wait))
         return Moved(int(moved), None if seconds < 0 else seconds)
 

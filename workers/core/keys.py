@@ -110,3 +110,13 @@ def revoked_key(task_id: str) -> str:
 def attempts_key(task_id: str) -> str:
     """The runs of ``task_id``: ``attempt`` (the run sent last), ``error``, ``retry_at``."""
     return key("attempts", task_id)
+
+
+#: Tokens a queue's bell holds at most: how many idle nodes one burst can wake.
+BELL_MAX = 1000
+
+
+def bell_key(list_key: str) -> str:
+    """The bell of the Redis list ``list_key``: one token per message a taskyard app pushed
+    there, which wakes one waiting node (see :mod:`workers.extensions.take`)."""
+    return key("bell", list_key)

@@ -33,6 +33,7 @@ from celery.exceptions import TaskRevokedError
 from kombu.utils.encoding import bytes_to_str
 
 from workers.core.addresses import is_redis_address
+from workers.core.application import NODE_RESULT_RETRY_POLICY
 from workers.core.keys import FINAL_STATES, nodename
 from workers.core.revocations import Revocations
 from workers.exceptions import (
@@ -139,6 +140,38 @@ class LedgerStartedMixin:
                 "result": {"hostname": nodename(holder.host), "pid": holder.pid}}
 
 
+class NodeRetryMixin:
+    """A node keeps trying to store a result for longer than a caller waits to read one.
+
+    A request that finished while Redis restarted must have its result once
+    Redis is back, or a later delivery would run it again: a node's backend
+    retries every operation (Celery's ``result_backend_always_retry``) for
+    about :data:`~workers.core.application.NODE_RESULT_RETRY_POLICY`'s two
+    minutes; a caller's gives up after a few seconds.
+    """
+
+    app: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self.app, "serving", False):
+            self.for_node()
+
+    def for_node(self) -> None:
+        """Retry as a node does (the app became a node's after this backend was made)."""
+        self.always_retry = True
+        self.max_retries = NODE_RESULT_RETRY_POLICY["max_retries"]
+        self.base_sleep_between_retries_ms = 100
+        self.max_sleep_between_retries_ms = int(NODE_RESULT_RETRY_POLICY["interval_max"] * 1000)
+
+    @property
+    def retry_policy(self) -> dict[str, Any]:
+        policy: dict[str, Any] = dict(super().retry_policy)  # type: ignore[misc]
+        if getattr(self.app, "serving", False):
+            policy.update(NODE_RESULT_RETRY_POLICY)
+        return policy
+
+
 class RevokingMixin:
     """Storing REVOKED for a cancellation, unless the request has finished already."""
 
@@ -173,14 +206,16 @@ class RedisRevokingMixin(RevokingMixin):
 
 
 
-class RedisBackend(SafeExceptionsMixin, LedgerStartedMixin, RedisRevokingMixin, _RedisBackend):
+class RedisBackend(SafeExceptionsMixin, LedgerStartedMixin, RedisRevokingMixin, NodeRetryMixin,
+                   _RedisBackend):
     """Celery's Redis result backend, rebuilding only declared exceptions."""
 
 
 class SentinelBackend(SafeExceptionsMixin, LedgerStartedMixin, RedisRevokingMixin,
-                      _SentinelBackend):
+                      NodeRetryMixin, _SentinelBackend):
     """Celery's Redis Sentinel result backend, rebuilding only declared exceptions."""
 
 
-class CacheBackend(SafeExceptionsMixin, LedgerStartedMixin, RevokingMixin, _CacheBackend):
+class CacheBackend(SafeExceptionsMixin, LedgerStartedMixin, RevokingMixin, NodeRetryMixin,
+                   _CacheBackend):
     """Celery's cache (and in-memory) result backend, rebuilding only declared exceptions."""

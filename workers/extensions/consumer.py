@@ -89,26 +89,30 @@ class Consumer(CeleryConsumer):
             del conn.ensure_connection
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
-        """The broker went away: stop running requests without a verdict.
+        """The broker went away: running requests go on, and nothing is recorded for them.
 
         Celery's own answer (``worker_cancel_long_running_tasks_on_connection_loss``)
         records the running requests as revoked and acknowledges them, so a
-        request running when Redis itself restarts is lost. Stopping them
-        without recording anything leaves their messages unacknowledged: they
-        come back after the reconnect and run again (endpoints are idempotent).
+        request running when Redis itself restarts would be lost; stopping
+        them instead would run again, after the reconnect, work whose effects
+        were half made. They finish: their results are stored once Redis is
+        back (a node's result backend keeps trying, see
+        :data:`workers.core.application.NODE_RESULT_RETRY_POLICY`), their
+        messages stay in the in-flight ledger (the reconnection does not put
+        back what the node still holds, :class:`workers.node.recovery.RecoverStep`),
+        and an acknowledgement the lost connection refused is made at the
+        next heartbeat (:class:`workers.extensions.transport.PendingAcks`).
         """
         with warnings.catch_warnings():
-            # Celery warns that it will cancel running tasks by default one day; we do it here.
+            # Celery warns that it will cancel running tasks by default one day; it does not
+            # here (worker_cancel_long_running_tasks_on_connection_loss is off).
             warnings.simplefilter("ignore", CPendingDeprecationWarning)
             super().on_connection_error_after_connected(exc)
-        for request in tuple(active_requests):
-            if request.task.acks_late and not request.acknowledged:
-                log.warning("stopping %s[%s]: the broker connection was lost; its message "
-                            "will be delivered again", request.name, request.id)
-                try:
-                    request.cancel(self.pool, emit_retry=False)
-                except Exception:
-                    log.exception("could not stop %s[%s]", request.name, request.id)
+        running = [request for request in tuple(active_requests)
+                   if request.task.acks_late and not request.acknowledged]
+        if running:
+            log.warning("the broker connection was lost while %d request(s) ran here: they "
+                        "finish, and are settled once it is back", len(running))
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         refuse_message(self.app, message, f"undecodable message: {exc}", requeueable=False)

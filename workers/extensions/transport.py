@@ -34,8 +34,10 @@ send.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -53,15 +55,18 @@ from kombu.utils.json import dumps, loads
 from workers.core.deadletters import DeadLetters, service_of
 from workers.core.delays import Delayed, DelayedRequests, Marker
 from workers.core.keys import (
+    BELL_MAX,
     INFLIGHT_HOSTS_KEY,
     INFLIGHT_OWNERS_KEY,
     INFLIGHT_TASKS_KEY,
     attempts_key,
+    bell_key,
     inflight_key,
     revoked_key,
 )
 from workers.core.revocations import Holder
 from workers.exceptions import Unavailable
+from workers.extensions.take import TAKE, ring
 
 log = logging.getLogger("taskyard.transport")
 
@@ -100,6 +105,8 @@ return host
 
 
 _UNREAD = object()
+#: The SHA1 a Redis knows the take script by (``EVALSHA``; loaded again after a restart).
+TAKE_SHA = hashlib.sha1(TAKE.encode()).hexdigest()
 
 
 class Checks(NamedTuple):
@@ -133,6 +140,54 @@ class Checks(NamedTuple):
         return self.result is not _UNREAD
 
 
+class PendingAcks:
+    """Acknowledgements a lost connection refused, kept until they can be made.
+
+    A request that finishes after its node lost the broker acknowledges
+    through the channel of the lost connection, which can no longer reach
+    Redis. Its message stays held (kombu's unacked indices and the ledger),
+    and the node's heartbeat settles it once Redis answers again
+    (:meth:`settle`, from :class:`workers.node.recovery.Recovery`). Process
+    state by nature: acknowledgements are made by the process that took the
+    messages, whatever channel it took them on.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: delivery tag -> (unacked key, unacked index key).
+        self._tags: dict[str, tuple[str, str]] = {}
+
+    def add(self, tag: str, unacked_key: str, index_key: str) -> None:
+        with self._lock:
+            self._tags[tag] = (unacked_key, index_key)
+
+    def __len__(self) -> int:
+        return len(self._tags)
+
+    def holds(self, tag: str) -> bool:
+        """Whether the acknowledgement of ``tag`` waits here (its request ran to its end)."""
+        return tag in self._tags
+
+    def settle(self, client: Any) -> int:
+        """Make the acknowledgements held back (``client``: the broker's Redis); how many."""
+        with self._lock:
+            pending = dict(self._tags)
+        for tag, (unacked_key, index_key) in pending.items():
+            with client.pipeline() as pipe:
+                pipe.zrem(index_key, tag)
+                pipe.hdel(unacked_key, tag)
+                pipe.eval(_FORGET, 2, INFLIGHT_OWNERS_KEY, INFLIGHT_TASKS_KEY, tag,
+                          inflight_key(""))
+                pipe.execute()
+            with self._lock:
+                self._tags.pop(tag, None)
+        return len(pending)
+
+
+#: This process's acknowledgements that wait for the broker (see :class:`PendingAcks`).
+PENDING_ACKS = PendingAcks()
+
+
 class QoS(kombu_redis.QoS):
     """kombu's unacked bookkeeping, with an in-flight ledger kept in the same transactions.
 
@@ -149,8 +204,15 @@ class QoS(kombu_redis.QoS):
     """
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        delivery = message.delivery_info
         channel = self.channel
+        taken = channel.taken
+        if taken is not None:
+            # The take recorded it, in the step that took it (workers.extensions.take).
+            channel.taken = None
+            message.taskyard_checks = taken
+            virtual.QoS.append(self, message, delivery_tag)
+            return
+        delivery = message.delivery_info
         host = channel.taskyard_host
         headers = message.headers or {}
         task_id = headers.get("id") or ""
@@ -206,21 +268,34 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.ack(self, tag)
         message._state = "ACK"
 
+    def ack(self, delivery_tag: str) -> None:
+        """kombu's acknowledgement; one a lost connection refuses waits in :data:`PENDING_ACKS`."""
+        try:
+            super().ack(delivery_tag)
+        except redis.ConnectionError:
+            PENDING_ACKS.add(delivery_tag, self.unacked_key, self.unacked_index_key)
+            virtual.QoS.ack(self, delivery_tag)
+            log.info("acknowledgement of %s kept until the broker answers again", delivery_tag)
+
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         pipe = super()._remove_from_indices(delivery_tag, pipe)
         return pipe.eval(_FORGET, 2, INFLIGHT_OWNERS_KEY, INFLIGHT_TASKS_KEY, delivery_tag,
                          inflight_key(""))
 
-    def recover(self, host: str) -> int:
+    def recover(self, host: str, keep: frozenset[str] = frozenset()) -> int:
         """Put every message ``host`` holds back on its queue; how many went back.
 
-        For a node's own messages when it (re)starts, or a dead node's. Each
-        message moves in one transaction, only if ``host`` still owns it (one
-        the sweep already restored and another node took is left alone).
+        For a node's own messages when it (re)starts or reconnects, or a dead
+        node's. Messages of the tasks in ``keep`` stay held: the node still
+        runs them (it reconnected while they ran). Each message moves in one
+        transaction, only if ``host`` still owns it (one the sweep already
+        restored and another node took is left alone).
         """
         restored = 0
         with self.channel.conn_or_acquire() as client:
-            for tag in client.hkeys(inflight_key(host)):
+            for tag, task_id in client.hgetall(inflight_key(host)).items():
+                if bytes_to_str(task_id) in keep or PENDING_ACKS.holds(bytes_to_str(tag)):
+                    continue
                 restored += self._recover_one(client, bytes_to_str(tag), host)
         return restored
 
@@ -326,6 +401,9 @@ class Channel(kombu_redis.Channel):
         *kombu_redis.Channel.from_transport_options, *TASKYARD_OPTIONS,
     )
 
+    #: What the take that is delivering a message read with it (for :meth:`QoS.append`).
+    taken: Checks | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_message_bytes = int(self.taskyard_max_message_bytes)
@@ -334,9 +412,86 @@ class Channel(kombu_redis.Channel):
         self.wait_replicas = int(self.taskyard_wait_replicas)
         self.wait_timeout_s = float(self.taskyard_wait_timeout)
         self._queue_cycle = _RecordingCycle(self._queue_cycle, self)
-        self._brpop_read = self._guard(kombu_redis.Channel._brpop_read)  # type: ignore[method-assign]
         self._get = self._guard(kombu_redis.Channel._get, takes_queue=True)  # type: ignore[method-assign]
+        #: Whether the next command on the consuming connection takes (or waits for a bell).
+        self._taking = True
+        self._sent: str | None = None
+        if self.global_keyprefix:
+            # The one-step take names keys itself: with a prefix, kombu's BRPOP (guarded).
+            self._brpop_read = self._guard(kombu_redis.Channel._brpop_read)  # type: ignore[method-assign]
+        else:
+            self._brpop_read = self._take_read  # type: ignore[method-assign]
         self.handlers["BRPOP"] = self._brpop_read
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """Take a message in one step with its record (:mod:`workers.extensions.take`), or,
+        after a take found nothing, wait for a bell of the node's queues to ring."""
+        if self.global_keyprefix:
+            return super()._brpop_start(timeout)
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return None
+        lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        if self._taking:
+            command: list[Any] = [
+                "EVALSHA", TAKE_SHA, 5, self.unacked_key, self.unacked_index_key,
+                INFLIGHT_OWNERS_KEY, INFLIGHT_TASKS_KEY, INFLIGHT_HOSTS_KEY,
+                self.host or "", os.getpid(), inflight_key(""), bell_key(""), revoked_key(""),
+                attempts_key(""), self.taskyard_result_prefix if self.taskyard_lifecycle else "",
+                self.max_message_bytes, len(lists), *lists]
+            self._sent = "take"
+        else:
+            wait = self.brpop_timeout if timeout is None else timeout
+            command = ["BLPOP", *(bell_key(name) for name in lists), wait or 0]
+            self._sent = "wait"
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
+        self.client.connection.send_command(*command)
+        return None
+
+    def _take_read(self, **options: Any) -> bool:
+        """Read what :meth:`_brpop_start` sent: deliver a message taken, or ``Empty``."""
+        sent, self._sent = self._sent, None
+        try:
+            try:
+                reply = self.client.parse_response(
+                    self.client.connection, "EVALSHA" if sent == "take" else "BLPOP", **options)
+            except redis.exceptions.NoScriptError:
+                self._in_poll = None  # type: ignore[assignment]  # kombu's: a bool default
+                self.client.script_load(TAKE)  # a new Redis, or one that restarted
+                raise Empty() from None
+            except self.connection_errors:
+                # A broken connection: the next turn reconnects.
+                self.client.connection.disconnect()
+                raise
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._flush_brpop_reauth()
+        if sent != "take":
+            self._taking = True  # a bell rang, or the wait ended: take again
+            raise Empty()
+        if not reply:
+            self._taking = False
+            raise Empty()
+        list_key, entry, recorded, revoked, redelivered, attempt, result = reply
+        dest = bytes_to_str(list_key).rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(dest)
+        text = bytes_to_str(entry)
+        if not int(recorded):
+            # Not kombu's envelope, or too large: refused here as before (dead-lettered).
+            envelope = self.check_entry(text)
+        else:
+            envelope = loads(text)
+            self.taken = Checks(
+                bytes_to_str(revoked) if revoked is not None else None, bool(int(redelivered)),
+                int(attempt) if attempt is not None else None,
+                (bytes_to_str(result) if result is not None else None)
+                if self.taskyard_lifecycle and self.taskyard_result_prefix else _UNREAD)
+        try:
+            self.connection._deliver(envelope, dest)
+        finally:
+            self.taken = None
+        return True
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         """kombu's connection parameters; a connection error once the connection is closed.
@@ -376,12 +531,27 @@ class Channel(kombu_redis.Channel):
         return super().create_publish_batch(max_size)
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        """Push ``message`` onto ``queue``; with replicas to wait for, in one ``WAIT`` pipeline."""
-        if not self.wait_replicas or kwargs.get("_publish_batch") is not None:
-            return super()._put(queue, message, **kwargs)
+        """Push ``message`` onto ``queue`` and ring its bell; with replicas to wait for, in one
+        ``WAIT`` pipeline."""
+        batch = kwargs.pop("_publish_batch", None)
+        if batch is not None:
+            super()._put(queue, message, _publish_batch=batch, **kwargs)
+            bell = bell_key(self._q_for_pri(queue, self._get_message_priority(
+                message, reverse=False)))
+            batch.add("lpush", bell, "1")
+            batch.add("ltrim", bell, 0, BELL_MAX - 1)
+            return None
         with self._sending() as pipe:
             self._push(pipe, queue, message)
         return None
+
+    def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
+                            leftmost: bool = False) -> None:
+        """kombu's restore of a message to its queue, ringing the queue's bell."""
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        priority = self._get_message_priority(payload, reverse=False)
+        for queue in self._lookup(exchange, routing_key):
+            ring(pipe, self._q_for_pri(queue, priority))
 
     @contextlib.contextmanager
     def _sending(self) -> Iterator[Any]:
@@ -394,9 +564,10 @@ class Channel(kombu_redis.Channel):
             target.execute()
 
     def _push(self, pipe: Any, queue: str, message: dict[str, Any]) -> None:
-        """Add kombu's commands that put ``message`` on ``queue`` to ``pipe``."""
+        """Add kombu's commands that put ``message`` on ``queue`` to ``pipe``, and ring."""
         priority = self._get_message_priority(message, reverse=False)
         pipe.lpush(self._q_for_pri(queue, priority), dumps(message))
+        ring(pipe, self._q_for_pri(queue, priority))
         if self._expires and queue in self._expires:
             for step in self.priority_steps:
                 pipe.pexpire(self._q_for_pri(queue, step), self._expires[queue])

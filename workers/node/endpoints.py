@@ -157,6 +157,10 @@ class EndpointTask(Task):
                         result = _jsonable(method(**bound))
                     finally:
                         current_progress.reset(progress_token)
+                    if scope.cancelled:
+                        # It saw the cancellation (self.context.cancelled) and returned early.
+                        outcome = "cancelled (terminate)"
+                        self._settle_cancelled(scope)
                     outcome = "ok"
                     return result
                 except Forward as forward:
@@ -170,7 +174,8 @@ class EndpointTask(Task):
                     error = _wire_form(exc, host)
                     policy = self.retry_policy
                     if policy is not None and policy.retries(exc) and policy.allows(retries):
-                        outcome = self._retry(error, policy, retries, kwargs) or outcome
+                        outcome = f"retry: {type(exc).__name__}"
+                        outcome = self._retry(error, policy, retries, kwargs)
                     if error is not exc:
                         # Not part of the service's API (a driver's error, say): logged here
                         # with its traceback, and the caller gets RemoteError naming it.
@@ -205,14 +210,14 @@ class EndpointTask(Task):
         raise Ignore()
 
     def _retry(self, error: TaskyardError, policy: RetryPolicy, retries: int,
-               kwargs: Any) -> str | None:
+               kwargs: Any) -> str:
         """Send the request again, delayed as ``policy`` says, and end this run as RETRY.
 
         The next run is a delayed request under the same task id (it waits in
         Redis, never in a node's memory), written in one step with the
         request's record of its runs, which is how a message of this run
         delivered again after a crash knows it was retried and does not run.
-        Returns the outcome when no retry can be sent (its deadline comes first).
+        Returns the outcome instead when no retry can run (its deadline comes first).
         """
         request = self.request
         countdown = policy.countdown(retries)

@@ -277,6 +277,10 @@ class NodeStep(bootsteps.StartStopStep):
         app = worker.app
         if not isinstance(app, Taskyard):
             raise TypeError(f"a taskyard node needs a Taskyard app, got {app!r}")
+        app.serving = True
+        backend = app.backend  # made already in this thread, perhaps, before it served
+        if hasattr(backend, "for_node"):
+            backend.for_node()
         managers = register_tasks(app, served_services(app))
         logs.install_now()
         self.node = Node(app, managers)

@@ -36,6 +36,7 @@ from typing import Any
 
 import redis
 from celery import bootsteps
+from celery.worker.state import reserved_requests
 from kombu.utils.encoding import bytes_to_str
 
 from workers.core.addresses import is_redis_address
@@ -48,7 +49,7 @@ from workers.core.keys import (
 )
 from workers.core.masking import mask_url
 from workers.exceptions import ConfigError
-from workers.extensions.transport import QoS
+from workers.extensions.transport import PENDING_ACKS, QoS
 
 log = logging.getLogger("taskyard.recovery")
 
@@ -208,6 +209,10 @@ class Recovery:
         if self.redis is None or self.claim is None:
             return
         self.claim.refresh()
+        if len(PENDING_ACKS):
+            settled = PENDING_ACKS.settle(self.redis)
+            log.warning("settled %d acknowledgement(s) the lost broker connection refused",
+                        settled)
         self.redis.eval(_KEEP_VISIBLE, 2, inflight_key(self.host), self.unacked_index,
                         time.time())
         dead = self.redis.eval(_DEAD_HOSTS, 1, INFLIGHT_HOSTS_KEY, claim_key(""),
@@ -239,28 +244,32 @@ class Recovery:
                 log.warning("could not release the host name %s: %s", self.host, exc)
 
 
-def recover(app: Taskyard, host: str, connection: Any = None) -> int:
-    """Put the messages ``host`` holds back on their queues (through a kombu channel)."""
+def recover(app: Taskyard, host: str, connection: Any = None,
+            keep: frozenset[str] = frozenset()) -> int:
+    """Put the messages ``host`` holds back on their queues (through a kombu channel), but
+    those of the tasks in ``keep``."""
     if connection is not None:
-        return _recover_on(connection, host)
+        return _recover_on(connection, host, keep)
     with app.connection_for_write() as fresh:
-        return _recover_on(fresh, host)
+        return _recover_on(fresh, host, keep)
 
 
-def _recover_on(connection: Any, host: str) -> int:
+def _recover_on(connection: Any, host: str, keep: frozenset[str]) -> int:
     qos = connection.default_channel.qos
-    return qos.recover(host) if isinstance(qos, QoS) else 0
+    return qos.recover(host, keep) if isinstance(qos, QoS) else 0
 
 
 class RecoverStep(bootsteps.StartStopStep):
     """Consumer bootstep: at each (re)connection, before consuming, take this host's messages
-    back: what a previous life left, and what the node stopped when the connection dropped."""
+    back that it no longer has: what a previous life left. What the node still runs or holds
+    for its pool (it reconnected while they ran) stays held: it finishes here."""
 
     requires = ("celery.worker.consumer.connection:Connection",)
 
     def start(self, c: Any) -> None:
         host = c.app.config.host
-        restored = recover(c.app, host, connection=c.connection)
+        held = frozenset(request.id for request in tuple(reserved_requests))
+        restored = recover(c.app, host, connection=c.connection, keep=held)
         if restored:
             log.warning("%s: put %d message(s) it held back on their queues before consuming",
                         host, restored)
