@@ -258,11 +258,36 @@ def call(service: str, method: str, arguments: tuple[str, ...], host: str | None
 
 @main.command()
 @_request_options
+@click.option("--countdown", type=float, help="Run it no sooner than this many seconds from now.")
+@click.option("--eta", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
+                                                     "%Y-%m-%d %H:%M:%S"]),
+              help="Run it no sooner than then (ISO 8601; local time without a zone).")
+@click.option("--expires", type=float, help="Never run it once this many seconds have passed.")
 @reports_errors
-def cast(service: str, method: str, arguments: tuple[str, ...], host: str | None) -> None:
+def cast(service: str, method: str, arguments: tuple[str, ...], host: str | None,
+         countdown: float | None, eta: datetime.datetime | None,
+         expires: float | None) -> None:
     """Send METHOD of SERVICE without waiting; print the task id."""
-    handle = _client(service, host=host).cast(method, **parse_arguments(arguments))
-    click.echo(handle.id)
+    client = _client(service, host=host).prepare(countdown=countdown, eta=eta, expires=expires)
+    click.echo(client.cast(method, **parse_arguments(arguments)).id)
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--terminate", is_flag=True,
+              help="Also stop it where it runs now (its driver's commands are killed).")
+@reports_errors
+def cancel(task_id: str, terminate: bool) -> None:
+    """Cancel the request TASK_ID: it never runs, or with --terminate stops where it runs.
+
+    Exits 1 when it had already finished (nothing changed).
+    """
+    from workers.client.handle import cancel as cancel_request
+
+    outcome = cancel_request(_app(), task_id, terminate=terminate)
+    click.echo(str(outcome))
+    if not outcome.changed:
+        sys.exit(1)
 
 
 @main.command()
@@ -330,7 +355,8 @@ def run_flower_command(address: str | None, port: int | None) -> None:
               help="Seconds to wait for nodes to say what they are running.")
 @reports_errors
 def status(as_json: bool, timeout: float) -> None:
-    """The fleet on one screen: nodes, queue lengths, requests running and their progress."""
+    """The fleet on one screen: nodes, queue lengths, delayed requests, requests running and
+    their progress."""
     from workers.cli.status import gather, render
 
     data = gather(_app(), timeout)

@@ -2,15 +2,18 @@
 
 Nodes per service and their state (from the registry), the length of every
 queue (shared and per host, and any non-empty queue, marked when no live node
-consumes it: a host that is gone, or never was), and the requests running now with their
-progress (asked of the nodes through Celery's remote control, which is
+consumes it: a host that is gone, or never was), the delayed requests (how many, when the
+next is due), the requests settled without running (expired, cancelled), and the requests
+running now with their progress (asked of the nodes through Celery's remote control, which is
 best effort: a node too busy to answer within the timeout is left out and
 named as such).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery
@@ -19,7 +22,8 @@ from kombu.utils.encoding import bytes_to_str
 
 from workers.core.addresses import is_redis_address
 from workers.core.application import Taskyard
-from workers.core.keys import PROGRESS, host_queue
+from workers.core.delays import DelayedRequests
+from workers.core.keys import LIFECYCLE_COUNTS_KEY, PROGRESS, host_queue
 from workers.core.registry import ServiceRecord
 
 
@@ -91,7 +95,28 @@ def gather(app: Taskyard, inspect_timeout: float = 1.0) -> dict[str, Any]:
     queues = queue_lengths(app, records)
     tasks, answered = running(app, inspect_timeout)
     return {"services": services, "queues": queues, "orphans": orphans(queues, records),
+            "delayed": delayed(app), "not_run": not_run(app),
             "running": tasks, "answered": answered}
+
+
+def delayed(app: Taskyard) -> dict[str, Any]:
+    """The delayed requests: how many wait, and when the next is due (epoch seconds)."""
+    if not is_redis_address(app.config.broker_url):
+        return {"count": 0, "next_due": None}
+    waiting = DelayedRequests(app.redis(app.config.broker_url)).waiting()
+    return {"count": waiting.count, "next_due": waiting.next_due}
+
+
+def not_run(app: Taskyard) -> dict[str, dict[str, int]]:
+    """Requests settled without running, by service: ``{service: {expired, cancelled}}``."""
+    if not is_redis_address(app.config.broker_url):
+        return {}
+    found: dict[str, dict[str, int]] = {}
+    counts = app.redis(app.config.broker_url).hgetall(LIFECYCLE_COUNTS_KEY)
+    for field, value in counts.items():
+        what, _, service = bytes_to_str(field).partition(":")
+        found.setdefault(service, {})[what] = int(value)
+    return found
 
 
 def render(status: dict[str, Any]) -> str:
@@ -108,6 +133,16 @@ def render(status: dict[str, Any]) -> str:
     for name, length in sorted(status["queues"].items()):
         mark = "  (no live node consumes it)" if name in orphaned else ""
         lines.append(f"  {name:<30} {length:>6} waiting{mark}")
+    waiting = status["delayed"]
+    due = waiting["next_due"]
+    soon = (f", next due in {max(0.0, due - time.time()):.1f} s "
+            f"({datetime.fromtimestamp(due, timezone.utc):%Y-%m-%d %H:%M:%S} UTC)" if due else "")
+    lines.append(f"DELAYED  {waiting['count']} waiting{soon}")
+    if status["not_run"]:
+        lines.append("NOT RUN  (expired before they ran, or cancelled)")
+        for service, counts in sorted(status["not_run"].items()):
+            shown = ", ".join(f"{what} {n}" for what, n in sorted(counts.items()))
+            lines.append(f"  {service:<12} {shown}")
     lines.append(f"RUNNING  (nodes answering: {len(status['answered'])})")
     if not status["running"]:
         lines.append("  (nothing running)")

@@ -392,11 +392,14 @@ class Channel(kombu_redis.Channel):
     #: The result backend's key prefix when results live in this Redis ("" otherwise):
     #: a message delivered again has its result read in the transaction that takes it.
     taskyard_result_prefix: str = ""
+    #: Whether to take messages in one step with their record (a node's channels; set by
+    #: the node, see workers.extensions.take).
+    taskyard_take: bool = False
 
     #: The transport options of taskyard's channels (set by the app's settings).
     TASKYARD_OPTIONS = ("taskyard_max_message_bytes", "taskyard_services", "taskyard_host",
                         "taskyard_wait_replicas", "taskyard_wait_timeout",
-                        "taskyard_lifecycle", "taskyard_result_prefix")
+                        "taskyard_lifecycle", "taskyard_result_prefix", "taskyard_take")
     from_transport_options = (  # type: ignore[assignment]  # a longer tuple than kombu's
         *kombu_redis.Channel.from_transport_options, *TASKYARD_OPTIONS,
     )
@@ -413,20 +416,35 @@ class Channel(kombu_redis.Channel):
         self.wait_timeout_s = float(self.taskyard_wait_timeout)
         self._queue_cycle = _RecordingCycle(self._queue_cycle, self)
         self._get = self._guard(kombu_redis.Channel._get, takes_queue=True)  # type: ignore[method-assign]
+        #: kombu's read of a BRPOP, guarded: for what the one-step take does not serve.
+        self._kombu_read = self._guard(kombu_redis.Channel._brpop_read)
         #: Whether the next command on the consuming connection takes (or waits for a bell).
         self._taking = True
+        #: What the consuming connection was sent last: ``take``, ``wait`` or ``brpop``.
         self._sent: str | None = None
-        if self.global_keyprefix:
-            # The one-step take names keys itself: with a prefix, kombu's BRPOP (guarded).
-            self._brpop_read = self._guard(kombu_redis.Channel._brpop_read)  # type: ignore[method-assign]
-        else:
-            self._brpop_read = self._take_read  # type: ignore[method-assign]
+        #: Queues consumed without acknowledgements (remote-control replies, say).
+        self._no_ack_queues: set[str] = set()
+        self._brpop_read = self._take_read  # type: ignore[method-assign]
         self.handlers["BRPOP"] = self._brpop_read
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _takes(self) -> bool:
+        """Whether this channel takes in one step: a node's, every queue acknowledged, and
+        no key prefix (the script names keys itself)."""
+        return (self.taskyard_take and not self.global_keyprefix
+                and not self._no_ack_queues.intersection(self.active_queues))
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         """Take a message in one step with its record (:mod:`workers.extensions.take`), or,
         after a take found nothing, wait for a bell of the node's queues to ring."""
-        if self.global_keyprefix:
+        if not self._takes():
+            self._sent = "brpop"
             return super()._brpop_start(timeout)
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
@@ -452,6 +470,8 @@ class Channel(kombu_redis.Channel):
     def _take_read(self, **options: Any) -> bool:
         """Read what :meth:`_brpop_start` sent: deliver a message taken, or ``Empty``."""
         sent, self._sent = self._sent, None
+        if sent == "brpop":
+            return bool(self._kombu_read(**options))
         try:
             try:
                 reply = self.client.parse_response(

@@ -278,6 +278,9 @@ class NodeStep(bootsteps.StartStopStep):
         if not isinstance(app, Taskyard):
             raise TypeError(f"a taskyard node needs a Taskyard app, got {app!r}")
         app.serving = True
+        # A node's consumer takes each message in one step with its record.
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options,
+                                             "taskyard_take": True}
         backend = app.backend  # made already in this thread, perhaps, before it served
         if hasattr(backend, "for_node"):
             backend.for_node()
