@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import redis
 from celery import Celery
 
-from bench.noop import tally_key
+from bench.noop import stamps_key, tally_key
 from workers.core.application import celery_settings
 from workers.core.config import Config, load_config
 
@@ -92,6 +92,11 @@ def create_plain_app(config: Config) -> Celery:
     def mark(batch: str, index: int) -> None:
         """Count one run of message ``index`` of ``batch`` (taskyard: ``bench.mark``)."""
         redis_client(records_url).hincrby(tally_key(batch), str(index), 1)
+
+    @app.task(name=f"{NOOP_SERVICE}.stamp", shared=False)
+    def stamp(batch: str, index: int) -> None:
+        """Note when message ``index`` of ``batch`` started (taskyard: ``bench.stamp``)."""
+        redis_client(records_url).hset(stamps_key(batch), str(index), repr(time.time()))
 
     @app.task(name=f"{VOLUME_SERVICE}.create_record", shared=False)
     def create_record(size_gb: int, name: str | None = None) -> dict[str, Any]:

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 from workers.core.config import Config, load_config
 from workers.core.keys import VERSION
 from workers.exceptions import (
+    Cancelled,
     ComputeDriverError,
     ConfigError,
     Conflict,
     DriverError,
+    Expired,
     InvalidRequest,
     NotFound,
     NoValidHost,
@@ -42,12 +44,15 @@ from workers.exceptions import (
 __version__ = VERSION
 
 __all__ = [
+    "Cancellation",
+    "Cancelled",
     "Client",
     "ComputeDriverError",
     "Config",
     "ConfigError",
     "Conflict",
     "DriverError",
+    "Expired",
     "Handle",
     "InvalidRequest",
     "NoValidHost",
@@ -70,6 +75,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from workers.client.handle import Cancellation
     from workers.client.rpc import Client, Handle
     from workers.core.application import Taskyard, default_app, set_default_app
 
@@ -78,6 +84,7 @@ if TYPE_CHECKING:
 #: What is imported on first use: Celery and kombu take a third of a second to import,
 #: which a command that only reads the registry (``taskyard services``) need not pay.
 _LAZY = {"Client": "workers.client.rpc", "Handle": "workers.client.rpc",
+         "Cancellation": "workers.client.handle",
          "Taskyard": "workers.core.application", "default_app": "workers.core.application",
          "set_default_app": "workers.core.application"}
 
