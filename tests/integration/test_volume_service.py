@@ -114,11 +114,23 @@ def test_an_unexpected_failure_arrives_as_remote_error_with_where_and_why(
     assert error.host == "node-a"
 
 
-def test_a_call_to_a_host_nobody_serves_times_out_saying_it_may_still_run(
+def test_a_call_to_a_host_nobody_serves_times_out_saying_it_will_never_run(
     volume: Client,
 ) -> None:
-    with pytest.raises(Timeout, match="may still run"):
+    # The call's request expires at its timeout: whoever takes it later will not run it.
+    with pytest.raises(Timeout, match="did not start within 0.5 s and its deadline") as caught:
         volume.prepare(host="nobody", timeout=0.5).call("ping")
+    assert caught.value.details["stage"] == "expired"
+    assert "it will never run" in str(caught.value)
+
+
+def test_a_cast_to_a_host_nobody_serves_times_out_saying_it_may_still_run(
+    volume: Client,
+) -> None:
+    handle = volume.prepare(host="nobody").cast("ping")
+    with pytest.raises(Timeout, match="it is still queued and may still run") as caught:
+        handle.wait(timeout=0.5)
+    assert caught.value.details["stage"] == "queued"
 
 
 def _raw(app: Celery, name: str, *args: Any, **kwargs: Any) -> Handle:
