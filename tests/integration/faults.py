@@ -231,7 +231,8 @@ class EffectManager(Manager):
     @endpoint
     def record(self, key: str) -> str:
         """Make the effect of ``key``; the host that made it."""
-        self.driver.apply(key, self.host)
+        task = self.context.task_id if self.context is not None else "-"
+        self.driver.apply(key, f"{self.host} {task}")
         return self.host
 
 

@@ -118,7 +118,7 @@ def test_a_call_to_a_host_nobody_serves_times_out_saying_it_will_never_run(
     volume: Client,
 ) -> None:
     # The call's request expires at its timeout: whoever takes it later will not run it.
-    with pytest.raises(Timeout, match="did not start within 0.5 s and its deadline") as caught:
+    with pytest.raises(Timeout, match=r"did not start within 0\.5 s and its deadline") as caught:
         volume.prepare(host="nobody", timeout=0.5).call("ping")
     assert caught.value.details["stage"] == "expired"
     assert "it will never run" in str(caught.value)

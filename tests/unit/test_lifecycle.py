@@ -53,7 +53,7 @@ from workers.node.mover import Mover
     ({"countdown": 5, "eta": datetime.now(timezone.utc)}, "give countdown or eta, not both"),
     ({"countdown": 60, "expires": 30}, r"expires \(.*\) is not after its eta: it would never run"),
     ({"eta": datetime.now(timezone.utc) - timedelta(minutes=5)},
-     r"is 300 s in the past \(more than 10 s\)"),
+     r"is \d+ s in the past \(more than 10 s\)"),
     ({"expires": datetime.now(timezone.utc) - timedelta(seconds=1)},
      r"is not after it is sent"),
 ])

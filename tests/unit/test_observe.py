@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
+import time
 import types
 from dataclasses import replace
 from typing import Any
@@ -177,12 +179,17 @@ def test_status_renders_nodes_queues_and_progress() -> None:
                                 "hosts": [{"host": "a", "state": "up", "age": 1.0},
                                           {"host": "b", "state": "down", "age": 99.0}]}},
         "queues": {"volume": 3, "volume.a": 0},
+        "delayed": {"count": 12, "next_due": time.time() + 30},
+        "not_run": {"volume": {"expired": 2, "cancelled": 1}},
         "running": [{"name": "volume.create_volume", "worker": "taskyard@a", "id": "0123456789",
                      "state": "PROGRESS", "progress": step(2, 8, "wrote 128 MiB")}],
         "answered": ["taskyard@a"],
     })
     assert "volume       1 down, 1 up" in text and "a(up) b(down)" in text
     assert "volume                              3 waiting" in text
+    assert re.search(r"DELAYED  12 waiting, next due in (29|30)\.\d s \(\d{4}-", text), text
+    assert "NOT RUN  (expired before they ran, or cancelled)" in text
+    assert "  volume       cancelled 1, expired 2" in text
     assert "volume.create_volume" in text and "01234567  2/8 wrote 128 MiB" in text
     assert "RUNNING  (nodes answering: 1)" in text
 

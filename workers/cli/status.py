@@ -133,12 +133,12 @@ def render(status: dict[str, Any]) -> str:
     for name, length in sorted(status["queues"].items()):
         mark = "  (no live node consumes it)" if name in orphaned else ""
         lines.append(f"  {name:<30} {length:>6} waiting{mark}")
-    waiting = status["delayed"]
+    waiting = status.get("delayed") or {"count": 0, "next_due": None}
     due = waiting["next_due"]
     soon = (f", next due in {max(0.0, due - time.time()):.1f} s "
             f"({datetime.fromtimestamp(due, timezone.utc):%Y-%m-%d %H:%M:%S} UTC)" if due else "")
     lines.append(f"DELAYED  {waiting['count']} waiting{soon}")
-    if status["not_run"]:
+    if status.get("not_run"):
         lines.append("NOT RUN  (expired before they ran, or cancelled)")
         for service, counts in sorted(status["not_run"].items()):
             shown = ", ".join(f"{what} {n}" for what, n in sorted(counts.items()))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import states
 from celery.backends.cache import CacheBackend as _CacheBackend
 from celery.backends.redis import RedisBackend as _RedisBackend
@@ -172,6 +173,45 @@ class NodeRetryMixin:
         return policy
 
 
+class ReplicatedResultsMixin:
+    """With ``publish_wait_replicas``, a node's result is stored once replicas have it.
+
+    A result the master acknowledged and lost in a failover would leave the
+    caller waiting for ever (the request ran, its acknowledgement is made
+    again after the failover, so it does not run again). The write, its
+    publication and ``WAIT`` go in one pipeline (``WAIT`` counts the writes of
+    its own connection); fewer replicas than asked is a connection error, which
+    the node's backend retries (:class:`NodeRetryMixin`), on the promoted master
+    after a failover.
+    """
+
+    app: Any
+
+    def _set(self, key: str, value: Any, expires: Any = None) -> None:
+        config = getattr(self.app, "config", None)
+        if config is None or not config.publish_wait_replicas or \
+                not getattr(self.app, "serving", False):
+            super()._set(key, value, expires)  # type: ignore[misc]
+            return
+        replicas = config.publish_wait_replicas
+        if expires is None:
+            expires = self.expires  # type: ignore[attr-defined]
+        # Not a transaction: inside MULTI, WAIT would answer at once.
+        with self.client.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+            if expires:
+                pipe.setex(key, expires, value)
+            else:
+                pipe.set(key, value)
+            pipe.publish(key, value)
+            pipe.execute_command("WAIT", replicas,
+                                 max(1, int(config.publish_wait_timeout * 1000)))
+            reached = int(pipe.execute()[-1])
+        if reached < replicas:
+            raise redis.ConnectionError(
+                f"only {reached} of the {replicas} replicas publish_wait_replicas asks for "
+                f"have the result of {key!r}: storing it again")
+
+
 class RevokingMixin:
     """Storing REVOKED for a cancellation, unless the request has finished already."""
 
@@ -207,12 +247,12 @@ class RedisRevokingMixin(RevokingMixin):
 
 
 class RedisBackend(SafeExceptionsMixin, LedgerStartedMixin, RedisRevokingMixin, NodeRetryMixin,
-                   _RedisBackend):
+                   ReplicatedResultsMixin, _RedisBackend):
     """Celery's Redis result backend, rebuilding only declared exceptions."""
 
 
 class SentinelBackend(SafeExceptionsMixin, LedgerStartedMixin, RedisRevokingMixin,
-                      NodeRetryMixin, _SentinelBackend):
+                      NodeRetryMixin, ReplicatedResultsMixin, _SentinelBackend):
     """Celery's Redis Sentinel result backend, rebuilding only declared exceptions."""
 
 

@@ -101,7 +101,7 @@ class Consumer(CeleryConsumer):
         messages stay in the in-flight ledger (the reconnection does not put
         back what the node still holds, :class:`workers.node.recovery.RecoverStep`),
         and an acknowledgement the lost connection refused is made at the
-        next heartbeat (:class:`workers.extensions.transport.PendingAcks`).
+        next heartbeat (:class:`workers.extensions.transport.Acknowledgements`).
         """
         with warnings.catch_warnings():
             # Celery warns that it will cancel running tasks by default one day; it does not

@@ -33,6 +33,7 @@ send.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import logging
@@ -140,52 +141,92 @@ class Checks(NamedTuple):
         return self.result is not _UNREAD
 
 
-class PendingAcks:
-    """Acknowledgements a lost connection refused, kept until they can be made.
+class Acknowledgements:
+    """This process's acknowledgements that Redis may not have kept, made again until it has.
 
-    A request that finishes after its node lost the broker acknowledges
-    through the channel of the lost connection, which can no longer reach
-    Redis. Its message stays held (kombu's unacked indices and the ledger),
-    and the node's heartbeat settles it once Redis answers again
-    (:meth:`settle`, from :class:`workers.node.recovery.Recovery`). Process
-    state by nature: acknowledgements are made by the process that took the
-    messages, whatever channel it took them on.
+    Two kinds, both process state by nature (acknowledgements are made by the
+    process that took the messages, whatever channel it took them on):
+
+    - **refused**: a request that finishes after its node lost the broker
+      acknowledges through the channel of the lost connection, which can no
+      longer reach Redis. Its message stays held (kombu's unacked indices and
+      the ledger), and the node's heartbeat makes the acknowledgement once
+      Redis answers again (:meth:`settle`, from :class:`workers.node.recovery.Recovery`);
+    - **recent**: an acknowledgement Redis took in the last :data:`RECENT_ACKS_S`
+      seconds may be lost with a master that dies before its replicas have it;
+      at each reconnection, before the node puts back what it no longer holds,
+      these are made again (:meth:`remake`), so a request that ran to its end
+      is not put back and run again.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         #: delivery tag -> (unacked key, unacked index key).
-        self._tags: dict[str, tuple[str, str]] = {}
+        self._refused: dict[str, tuple[str, str]] = {}
+        self._recent: collections.OrderedDict[str, tuple[float, str, str]] = \
+            collections.OrderedDict()
 
-    def add(self, tag: str, unacked_key: str, index_key: str) -> None:
+    def refused(self, tag: str, unacked_key: str, index_key: str) -> None:
         with self._lock:
-            self._tags[tag] = (unacked_key, index_key)
+            self._refused[tag] = (unacked_key, index_key)
+
+    def made(self, tag: str, unacked_key: str, index_key: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._recent[tag] = (now, unacked_key, index_key)
+            while self._recent:
+                oldest = next(iter(self._recent.values()))[0]
+                if now - oldest <= RECENT_ACKS_S:
+                    break
+                self._recent.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._tags)
+        return len(self._refused)
 
     def holds(self, tag: str) -> bool:
-        """Whether the acknowledgement of ``tag`` waits here (its request ran to its end)."""
-        return tag in self._tags
+        """Whether ``tag``'s request ran to its end here (its acknowledgement is kept)."""
+        return tag in self._refused or tag in self._recent
 
     def settle(self, client: Any) -> int:
-        """Make the acknowledgements held back (``client``: the broker's Redis); how many."""
+        """Make the refused acknowledgements (``client``: the broker's Redis); how many."""
         with self._lock:
-            pending = dict(self._tags)
-        for tag, (unacked_key, index_key) in pending.items():
-            with client.pipeline() as pipe:
+            refused = dict(self._refused)
+        self._apply(client, refused)
+        with self._lock:
+            for tag in refused:
+                self._refused.pop(tag, None)
+        return len(refused)
+
+    def remake(self, client: Any) -> int:
+        """Make the recent and refused acknowledgements again (after a reconnection)."""
+        with self._lock:
+            again = {tag: (unacked, index) for tag, (_, unacked, index) in self._recent.items()}
+            again.update(self._refused)
+        self._apply(client, again)
+        with self._lock:
+            for tag in again:
+                self._refused.pop(tag, None)
+        return len(again)
+
+    @staticmethod
+    def _apply(client: Any, acks: dict[str, tuple[str, str]]) -> None:
+        if not acks:
+            return
+        with client.pipeline() as pipe:
+            for tag, (unacked_key, index_key) in acks.items():
                 pipe.zrem(index_key, tag)
                 pipe.hdel(unacked_key, tag)
                 pipe.eval(_FORGET, 2, INFLIGHT_OWNERS_KEY, INFLIGHT_TASKS_KEY, tag,
                           inflight_key(""))
-                pipe.execute()
-            with self._lock:
-                self._tags.pop(tag, None)
-        return len(pending)
+            pipe.execute()
 
 
-#: This process's acknowledgements that wait for the broker (see :class:`PendingAcks`).
-PENDING_ACKS = PendingAcks()
+#: Seconds an acknowledgement is made again after a reconnection (a replica is normally
+#: far less behind its master than this).
+RECENT_ACKS_S = 30.0
+
+#: This process's acknowledgements that Redis may not have kept (see :class:`Acknowledgements`).
+ACKS = Acknowledgements()
 
 
 class QoS(kombu_redis.QoS):
@@ -269,13 +310,16 @@ class QoS(kombu_redis.QoS):
         message._state = "ACK"
 
     def ack(self, delivery_tag: str) -> None:
-        """kombu's acknowledgement; one a lost connection refuses waits in :data:`PENDING_ACKS`."""
+        """kombu's acknowledgement, kept a while in :data:`ACKS` (made again after a
+        reconnection, or later when a lost connection refuses it)."""
         try:
             super().ack(delivery_tag)
         except redis.ConnectionError:
-            PENDING_ACKS.add(delivery_tag, self.unacked_key, self.unacked_index_key)
+            ACKS.refused(delivery_tag, self.unacked_key, self.unacked_index_key)
             virtual.QoS.ack(self, delivery_tag)
             log.info("acknowledgement of %s kept until the broker answers again", delivery_tag)
+        else:
+            ACKS.made(delivery_tag, self.unacked_key, self.unacked_index_key)
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         pipe = super()._remove_from_indices(delivery_tag, pipe)
@@ -294,7 +338,7 @@ class QoS(kombu_redis.QoS):
         restored = 0
         with self.channel.conn_or_acquire() as client:
             for tag, task_id in client.hgetall(inflight_key(host)).items():
-                if bytes_to_str(task_id) in keep or PENDING_ACKS.holds(bytes_to_str(tag)):
+                if bytes_to_str(task_id) in keep or ACKS.holds(bytes_to_str(tag)):
                     continue
                 restored += self._recover_one(client, bytes_to_str(tag), host)
         return restored
@@ -497,6 +541,8 @@ class Channel(kombu_redis.Channel):
         dest = bytes_to_str(list_key).rsplit(self.sep, 1)[0]
         self._queue_cycle.rotate(dest)
         text = bytes_to_str(entry)
+        if int(recorded) and self.wait_replicas and not self._take_replicated(text):
+            raise Empty()
         if not int(recorded):
             # Not kombu's envelope, or too large: refused here as before (dead-lettered).
             envelope = self.check_entry(text)
@@ -512,6 +558,27 @@ class Channel(kombu_redis.Channel):
         finally:
             self.taken = None
         return True
+
+    def _take_replicated(self, text: str) -> bool:
+        """With ``publish_wait_replicas``: whether the replicas have the take (``WAIT`` on
+        the connection that took it); if not, give the message back and do not run it.
+
+        A master that dies before its replicas have a take would leave the message
+        queued on the promoted one, for another node to run too. Given back, it is
+        taken again later; if the master is gone, the promoted one has it queued (the
+        take was lost) or held by this node (recovery puts it back at the reconnection):
+        it runs once either way.
+        """
+        reached = int(self.client.execute_command(
+            "WAIT", self.wait_replicas, max(1, int(self.wait_timeout_s * 1000))))
+        if reached >= self.wait_replicas:
+            return True
+        tag = loads(text)["properties"]["delivery_tag"]
+        log.warning("the replicas did not confirm the take of %s (%d of %d within %g s): "
+                    "given back to its queue", tag, reached, self.wait_replicas,
+                    self.wait_timeout_s)
+        self.qos.restore_by_tag(tag, leftmost=True)
+        return False
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         """kombu's connection parameters; a connection error once the connection is closed.

@@ -49,7 +49,7 @@ from workers.core.keys import (
 )
 from workers.core.masking import mask_url
 from workers.exceptions import ConfigError
-from workers.extensions.transport import PENDING_ACKS, QoS
+from workers.extensions.transport import ACKS, QoS
 
 log = logging.getLogger("taskyard.recovery")
 
@@ -209,8 +209,8 @@ class Recovery:
         if self.redis is None or self.claim is None:
             return
         self.claim.refresh()
-        if len(PENDING_ACKS):
-            settled = PENDING_ACKS.settle(self.redis)
+        if len(ACKS):
+            settled = ACKS.settle(self.redis)
             log.warning("settled %d acknowledgement(s) the lost broker connection refused",
                         settled)
         self.redis.eval(_KEEP_VISIBLE, 2, inflight_key(self.host), self.unacked_index,
@@ -268,6 +268,11 @@ class RecoverStep(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         host = c.app.config.host
+        qos = c.connection.default_channel.qos
+        if isinstance(qos, QoS):
+            # A master that failed over may have lost the latest acknowledgements.
+            with qos.channel.conn_or_acquire() as client:
+                ACKS.remake(client)
         held = frozenset(request.id for request in tuple(reserved_requests))
         restored = recover(c.app, host, connection=c.connection, keep=held)
         if restored:
