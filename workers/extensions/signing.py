@@ -24,6 +24,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from celery import signals
 from celery.app.amqp import AMQP
 from kombu.serialization import dumps as kombu_dumps
 
@@ -101,7 +102,38 @@ class GuardedAMQP(AMQP):
             extra = kwargs.pop("headers", None)
             if extra:
                 headers.update(extra)
-            seal(config, name, headers, body, kwargs.get("serializer") or serializer)
+            payload = seal(config, name, headers, body, kwargs.get("serializer") or serializer)
+            if config.security.signing_key and (
+                    signals.before_task_publish.receivers or signals.after_task_publish.receivers):
+                # Celery sends before_task_publish after this point, and its receivers may
+                # add headers (a trace context): sign again when the message is published.
+                producer = _Resealing(producer, config, name, headers, payload)
             return send(producer, name, message, **kwargs)
 
         return send_task_message
+
+
+class _Resealing:
+    """A producer that signs its task message again as it publishes it.
+
+    Celery's task sender sends ``before_task_publish`` between sealing
+    (above) and ``producer.publish``; what its receivers wrote into the
+    headers is signed here. Any other publish (a task-sent event) passes
+    through unchanged.
+    """
+
+    def __init__(self, producer: Any, config: Any, name: str, headers: dict[str, Any],
+                 payload: bytes) -> None:
+        self._producer = producer
+        self._config = config
+        self._name = name
+        self._headers = headers
+        self._payload = payload
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def publish(self, body: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("headers") is self._headers:
+            seal(self._config, self._name, self._headers, body, payload=self._payload)
+        return self._producer.publish(body, *args, **kwargs)
