@@ -6,7 +6,11 @@ in the caller, nothing sent) and, when ``security.signing_key`` is set,
 adds ``taskyard_signature``: an HMAC-SHA256 over the serialized body and
 the canonical JSON of every other header. Forwarded requests, handed-on
 work and periodic runs are signed the same way, since they are sent
-through the same app.
+through the same app. What a ``before_task_publish`` receiver writes into
+the headers (a tracing tool's trace context) is signed too: the client signs
+again once its receivers ran (:mod:`workers.extensions.publishing`), and
+Celery's task sender, which sends that signal after this module sealed the
+message, has it signed again as it publishes (:class:`_Resealing`).
 
 Receiving: :mod:`workers.extensions.strategy` checks the signature of every
 message a node takes (see there).
