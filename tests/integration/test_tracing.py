@@ -172,6 +172,17 @@ def test_a_fanout_reaches_every_node_in_the_callers_trace(
     assert {hop(p, collector).process for p in producers} == {"vol-a", "vol-b"}
 
 
+def test_a_delayed_request_runs_in_the_trace_of_the_caller_that_sent_it(
+        volume: Client, tracing: CallerTracing, collector: Collector) -> None:
+    """It waits in Redis (countdown) until a node's mover hands it to its queue."""
+    with tracing.span("caller") as root:
+        handle = volume.prepare(host="vol-b", countdown=0.5).cast("ping")
+    assert handle.wait()["host"] == "vol-b"
+    (producer,) = tracing.children(root)
+    assert producer.message_id == handle.id
+    assert hop(producer, collector).process == "vol-b"
+
+
 def test_a_request_forwarded_to_the_owner_of_its_volume_stays_in_the_trace(
         volume: Client, tracing: CallerTracing, collector: Collector) -> None:
     """Sent to vol-b, forwarded by it (Celery's task sender) to vol-a, which owns the volume."""

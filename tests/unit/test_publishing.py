@@ -42,6 +42,14 @@ class RelayManager(Manager):
     def echo(self, text: str) -> str:
         return text
 
+    @endpoint(autoretry_for=(RuntimeError,), max_retries=1, default_retry_delay=0.1)
+    def flaky(self, key: str) -> int:
+        """Fails its first run (a retry is sent), succeeds its second."""
+        runs = int(self.redis.incr(f"relay:flaky:{key}"))
+        if runs == 1:
+            raise RuntimeError("first run fails")
+        return runs
+
     @endpoint
     def relay(self, text: str) -> str:
         """Hand the request on (a request made inside an endpoint); the handed-on task id."""
@@ -58,12 +66,12 @@ class Recorder:
     def __init__(self) -> None:
         self.before: list[dict[str, Any]] = []
         self.after: list[dict[str, Any]] = []
-        #: Task id -> the probe header the node's task saw.
-        self.received: dict[str, Any] = {}
+        #: Task id -> the probe header the node's task saw, run after run.
+        self.received: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
 
     def on_before(self, **kwargs: Any) -> None:
-        kwargs["headers"][PROBE] = f"probe-{kwargs['headers']['id']}"
+        kwargs["headers"][PROBE] = probe(kwargs["headers"])
         with self._lock:
             self.before.append({**kwargs, "headers": dict(kwargs["headers"])})
 
@@ -73,17 +81,24 @@ class Recorder:
 
     def on_prerun(self, task_id: str, task: Any, **_: Any) -> None:
         with self._lock:
-            self.received[task_id] = task.request.get(PROBE)
+            self.received.setdefault(task_id, []).append(task.request.get(PROBE))
 
-    def of(self, task_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The before and after arguments of ``task_id``'s message."""
-        (before,) = [b for b in self.before if b["headers"]["id"] == task_id]
-        (after,) = [a for a in self.after if a["headers"]["id"] == task_id]
+    def of(self, task_id: str, retries: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The before and after arguments of ``task_id``'s message (of that run)."""
+        (before,) = [b for b in self.before if b["headers"]["id"] == task_id
+                     and b["headers"]["retries"] == retries]
+        (after,) = [a for a in self.after if a["headers"]["id"] == task_id
+                    and a["headers"]["retries"] == retries]
         return before, after
 
     def served(self, task_ids: list[str]) -> bool:
         """Whether the node ran each task with the probe the receiver wrote into it."""
-        return all(self.received.get(t) == f"probe-{t}" for t in task_ids)
+        return all(self.received.get(t) == [f"probe-{t}-0"] for t in task_ids)
+
+
+def probe(headers: dict[str, Any]) -> str:
+    """What the receiver writes into a message: its task id and run."""
+    return f"probe-{headers['id']}-{headers['retries']}"
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +155,7 @@ def test_a_cast_sends_the_publish_signals_with_the_arguments_celery_passes(
         "taskyard_request_id", "taskyard_caller", "taskyard_user", "taskyard_version"}
     assert ours_after.keys() == celery_after.keys() == {
         "signal", "sender", "body", "headers", "exchange", "routing_key"}
-    assert ours_after["headers"][PROBE] == f"probe-{client_id}"
+    assert ours_after["headers"][PROBE] == f"probe-{client_id}-0"
 
 
 def _cast(app: Taskyard) -> list[str]:
@@ -179,8 +194,14 @@ def _nested(app: Taskyard) -> list[str]:
     return [handle.id, handle.wait()]
 
 
+def _delayed(app: Taskyard) -> list[str]:
+    handle = Client("relay", app=app).prepare(countdown=0.2).cast("echo", text="later")
+    assert handle.wait() == "later"
+    return [handle.id]
+
+
 @pytest.mark.parametrize("send", [_cast, _call, _cast_many, _fanout, _host_queue, _celery,
-                                  _nested])
+                                  _nested, _delayed])
 def test_what_a_receiver_adds_to_the_headers_is_signed_and_reaches_the_node(
         app: Taskyard, recorder: Recorder, send: Any) -> None:
     """Every send path: the node (signing on) verified the probe and its task received it."""
@@ -193,8 +214,20 @@ def test_what_a_receiver_adds_to_the_headers_is_signed_and_reaches_the_node(
     for task_id in task_ids:
         before, after = recorder.of(task_id)
         # Signed again once the receivers had written into the headers.
-        assert after["headers"][PROBE] == f"probe-{task_id}"
+        assert after["headers"][PROBE] == f"probe-{task_id}-0"
         assert after["headers"][SIGNATURE_HEADER] != before["headers"][SIGNATURE_HEADER]
+
+
+def test_a_retry_is_announced_signed_and_run_with_what_the_receiver_wrote(
+        app: Taskyard, recorder: Recorder) -> None:
+    """A failed run's retry is sent by the node (the same task id, one more run)."""
+    handle = Client("relay", app=app).cast("flaky", key="retried")
+    assert handle.wait() == 2
+    first, retry = recorder.of(handle.id, 0), recorder.of(handle.id, 1)
+    assert first[0]["sender"] == retry[0]["sender"] == "relay.flaky"
+    assert retry[0]["routing_key"] == "relay" and retry[0]["headers"]["eta"]
+    wait_for(lambda: len(recorder.received.get(handle.id, ())) == 2, 10, "both runs")
+    assert recorder.received[handle.id] == [f"probe-{handle.id}-0", f"probe-{handle.id}-1"]
 
 
 def test_a_periodic_run_is_announced_signed_and_run(

@@ -256,6 +256,7 @@ class Client:
         request = self._prepare(None, task_name(self.service, method), queue, kwargs,
                                 times=times, task_id=task_id, headers=dict(headers),
                                 retries=retries)
+        published = announce(self.app, [request])  # before_task_publish (with receivers)
         with self.app.producer_or_acquire() as producer:
             if _speaks_taskyard(producer):
                 producer.connection.ensure(
@@ -264,6 +265,8 @@ class Client:
                     **self.app.conf.task_publish_retry_policy)()
             else:
                 self._publish(producer, None, request, retry=True)
+        if published is not None:
+            published.sent()  # after_task_publish
 
     def cancel(self, task_id: str, terminate: bool = False) -> Cancellation:
         """Cancel the request ``task_id`` (see :func:`workers.client.handle.cancel`)."""

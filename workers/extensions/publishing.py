@@ -17,8 +17,15 @@ them here, with the arguments Celery passes (read from
   converts a direct queue), ``declare`` (the queue, as Celery would declare
   it), ``headers`` (the dict that is then sent), ``properties``,
   ``retry_policy`` (the app's publish retry policy);
-- ``after_task_publish``, once the message is on its queue: ``sender``,
-  ``body``, ``headers``, ``exchange``, ``routing_key``.
+- ``after_task_publish``, once the message is on its queue (a delayed one:
+  with the delayed requests in Redis, as Celery's is sent once its ETA
+  message is published): ``sender``, ``body``, ``headers``, ``exchange``,
+  ``routing_key``.
+
+Every send of :class:`~workers.Client` goes through here: cast, call,
+``cast_many`` and fanout (per batch, one round trip still), delayed
+requests, and a node's retries (``send_again``). Forwarding to an owner and
+periodic runs go through Celery's own task sender, which sends them itself.
 
 A receiver's exception is logged and ignored, as Celery's signals do.
 
