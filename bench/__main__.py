@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import delays, durable, monitoring, scale
+from bench import delays, durable, monitoring, scale, tracing
 from bench.report import progress, table, write_json
 from bench.suite import Options, run
 
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return durable.main(argv[1:])
     if argv[:1] == ["delays"]:
         return delays.main(argv[1:])
+    if argv[:1] == ["tracing"]:
+        return tracing.main(argv[1:])
     args = parse_args(argv)
     options = Options.quick() if args.quick else Options.full()
     options = options.replace(loglevel=args.loglevel, **({"reps": args.reps} if args.reps else {}))

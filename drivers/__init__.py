@@ -4,9 +4,16 @@ A driver knows one backend (files, LVM, local processes, a fake in memory)
 and nothing of records, messages or Celery. It is the only code that runs
 commands (through :class:`Executor`) or talks to a backend. This package
 imports nothing from ``managers`` or ``workers``.
+
+The errors are what every layer (and a caller) imports; the executor is
+imported on first use, so a caller that only needs the errors loads none of
+what runs commands.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from drivers.exceptions import (
     ConfigError,
@@ -15,7 +22,9 @@ from drivers.exceptions import (
     ProcessExecutionError,
     TaskyardError,
 )
-from drivers.executor import Executor, RecordingExecutor, Result
+
+if TYPE_CHECKING:
+    from drivers.executor import Executor, RecordingExecutor, Result
 
 __all__ = [
     "ConfigError",
@@ -27,3 +36,11 @@ __all__ = [
     "Result",
     "TaskyardError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Executor", "RecordingExecutor", "Result"):
+        value = getattr(importlib.import_module("drivers.executor"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'drivers' has no attribute {name!r}")

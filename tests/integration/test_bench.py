@@ -174,3 +174,13 @@ def test_the_durable_run_prices_publish_wait_replicas_against_plain_celery(
         assert side["cast_per_s"] > 0 and side["cast_p50_ms"] > 0
     assert figures["durable"]["cast_many_per_s"] > 0
     assert "wait 1 / wait 0" in done.stdout
+
+
+def test_the_tracing_run_prices_the_publish_signals_with_and_without_opentelemetry(
+        tmp_path: Path) -> None:
+    done, figures = run_suite(tmp_path, "tracing", "--casts", "60", "--reps", "1")
+    for side in ("cast", "apply_async", "cast_many"):
+        for mode in ("off", "otel"):
+            assert figures[side][mode]["per_s"] > 0 and figures[side][mode]["cpu_us"] > 0
+    assert 0 < figures["check_ns"] < 100_000
+    assert "taskyard, OpenTelemetry" in done.stdout and "the check costs" in done.stdout

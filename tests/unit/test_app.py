@@ -72,15 +72,24 @@ redis.hset("taskyard:registry:volume:api", "1.0", json.dumps({
 config = load_config().with_overrides(broker_url="memory://", result_backend="cache+memory://")
 client = Client("volume", app=Taskyard(config, redis_clients={config.records_url: redis}))
 assert client.cast("create_volume", size_gb=1).id
+try:  # a call: sent, then waited for (no node answers in this process: it times out)
+    client.prepare(timeout=0.2).call("create_volume", size_gb=2)
+except Timeout:
+    pass
+else:
+    raise AssertionError("nothing should have answered")
 """
 
 
 def test_a_caller_that_sends_requests_loads_no_service_code_no_node_runtime_no_cli() -> None:
-    loaded = _imported_by(CALLER)
+    loaded = _imported_by(CALLER.replace("import Client,", "import Client, Timeout,"))
     assert "workers.client.rpc" in loaded
     assert not [m for m in loaded if m.startswith(("workers.node.", "workers.cli."))], loaded
+    # No service's manager or driver, and nothing that finds, loads or runs them: the
+    # caller checks requests against the API the nodes published.
     service_code = ("managers.volume", "managers.compute", "managers.scheduler",
-                    "drivers.volume.", "drivers.compute.", "drivers.scheduler.")
+                    "drivers.volume", "drivers.compute", "drivers.scheduler",
+                    "drivers.loading", "drivers.executor", "workers.core.specs")
     assert not [m for m in loaded if m.startswith(service_code)], loaded
     assert not [m for m in loaded if m.startswith(("celery.worker.request",
                                                    "celery.worker.strategy",

@@ -11,6 +11,7 @@ import inspect
 
 import celery
 import kombu
+from celery import signals
 from celery.app.amqp import AMQP
 from celery.backends.base import Backend
 from celery.worker import strategy
@@ -86,6 +87,23 @@ def test_celerys_amqp_makes_its_task_sender_in_create_task_sender() -> None:
     source = inspect.getsource(AMQP._create_task_sender)
     assert "def send_task_message(producer, name, message," in source
     assert issubclass(signing.GuardedAMQP, AMQP)
+
+
+def test_celerys_task_sender_sends_the_publish_signals_with_the_arguments_we_send() -> None:
+    """``workers.extensions.publishing`` sends these arguments on the client's path, and
+    ``GuardedAMQP`` signs again in ``producer.publish``, which Celery calls with the very
+    headers dict it gave ``before_task_publish``."""
+    source = " ".join(inspect.getsource(AMQP._create_task_sender).split())
+    before = source.index("send_before_publish( sender=name, body=body, exchange=exchange, "
+                          "routing_key=routing_key, declare=declare, headers=headers2, "
+                          "properties=properties, retry_policy=_rp, )")
+    publish = source.index("ret = producer.publish(body, **publish_kwargs)")
+    after = source.index("send_after_publish( sender=name, body=body, headers=headers2, "
+                         "exchange=exchange, routing_key=routing_key, )")
+    assert before < publish < after
+    assert "headers=headers2," in source[before:publish]
+    assert "retry_over_time( producer.publish," in source
+    assert isinstance(signals.before_task_publish.receivers, list)
 
 
 def test_celerys_default_strategy_takes_task_app_and_consumer() -> None:

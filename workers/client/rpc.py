@@ -42,6 +42,7 @@ from workers.exceptions import (
     Unavailable,
     UnknownService,
 )
+from workers.extensions.publishing import announce
 from workers.extensions.signing import seal
 from workers.extensions.transport import Channel
 
@@ -58,6 +59,9 @@ class _Request:
     message: tuple[str, bytes, dict[str, Any], dict[str, Any]]
     #: The fields of its task-sent event (None when those are off).
     sent: dict[str, Any] | None
+    #: Its task name and unserialized body, for the publish signals (extensions.publishing).
+    name: str = ""
+    body: Any = None
 
 
 @dataclass
@@ -200,6 +204,7 @@ class Client:
         queue = host_queue(self.service, host) if host else self.service
         events = self._sent_events()
         request = self._prepare(events, name, queue, kwargs, shadow=shadow, times=times)
+        published = announce(self.app, [request])  # before_task_publish (with receivers)
         try:
             with self.app.producer_or_acquire() as producer:
                 if subscribe:
@@ -220,6 +225,8 @@ class Client:
                 f"cannot reach the broker to send {self.service}.{method}: {cause}; "
                 "the request was not sent",
             ) from exc
+        if published is not None:
+            published.sent()  # after_task_publish
         return self._handle(request.task_id, method, host, times)
 
     def cast(self, method: str, /, **kwargs: Any) -> Handle:
@@ -249,6 +256,7 @@ class Client:
         request = self._prepare(None, task_name(self.service, method), queue, kwargs,
                                 times=times, task_id=task_id, headers=dict(headers),
                                 retries=retries)
+        published = announce(self.app, [request])  # before_task_publish (with receivers)
         with self.app.producer_or_acquire() as producer:
             if _speaks_taskyard(producer):
                 producer.connection.ensure(
@@ -257,6 +265,8 @@ class Client:
                     **self.app.conf.task_publish_retry_policy)()
             else:
                 self._publish(producer, None, request, retry=True)
+        if published is not None:
+            published.sent()  # after_task_publish
 
     def cancel(self, task_id: str, terminate: bool = False) -> Cancellation:
         """Cancel the request ``task_id`` (see :func:`workers.client.handle.cancel`)."""
@@ -328,6 +338,7 @@ class Client:
                     for start in range(0, len(prepared), batch_size):
                         chunk = prepared[start:start + batch_size]
                         pushing = len(chunk)
+                        published = announce(self.app, [r for _, r in chunk])
                         sent = [events.event("task-sent", r.sent) for _, r in chunk if r.sent]
                         if direct:
                             channel.send_requests([r.message for _, r in chunk],
@@ -338,6 +349,8 @@ class Client:
                                 self._publish(producer, events, request)
                             if sent:
                                 events.publish_gathered(sent, producer)
+                        if published is not None:
+                            published.sent()
                         handles += [self._handle(r.task_id, method, host, times)
                                     for host, r in chunk]
         except BatchPublishError as exc:
@@ -391,7 +404,7 @@ class Client:
             shared.payload = payload  # the body is the same for every message of the batch
         sent = ({**sent_event, "queue": queue, "exchange": "", "routing_key": queue}
                 if events is not None and sent_event else None)
-        return _Request(task_id, (queue, payload, task_headers, properties), sent)
+        return _Request(task_id, (queue, payload, task_headers, properties), sent, name, body)
 
     def _publish(self, producer: Any, events: Any, request: _Request, *,
                  retry: bool = False) -> None:

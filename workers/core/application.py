@@ -10,8 +10,9 @@ without an app use.
 
 The worker side is named here, never imported: the node bootstep, the
 consumer, the transport and the result backends are given to Celery as
-``module:attribute`` strings, which Celery loads only where they run. A
-caller that builds an app and sends requests loads none of the node runtime.
+``module:attribute`` strings, which Celery loads only where they run; so is
+what builds a service's spec (its manager class). A caller that builds an
+app and sends requests loads none of the node runtime and no service's code.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from __future__ import annotations
 import threading
 import time
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
 from kombu import Queue
+from kombu.utils.imports import symbol_by_name
 
 from workers.core.addresses import is_sentinel, parse_sentinels
 from workers.core.api import ServiceAPI
@@ -33,8 +35,10 @@ from workers.core.connections import RedisClients
 from workers.core.keys import host_queue
 from workers.core.masking import mask_url
 from workers.core.registry import Registry
-from workers.core.specs import ServiceSpec, build_spec
 from workers.exceptions import Unavailable
+
+if TYPE_CHECKING:
+    from workers.core.specs import ServiceSpec
 
 #: The worker bootstep that makes a Celery worker a taskyard node (workers.node).
 NODE_STEP = "workers.node.node:NodeStep"
@@ -49,6 +53,10 @@ SENTINEL_TRANSPORT = "workers.extensions.transport:SentinelTransport"
 AMQP = "workers.extensions.signing:GuardedAMQP"
 #: Task events a node publishes in one step (workers.extensions.events).
 EVENTS = "workers.extensions.events:Events"
+#: What builds a service's spec from its settings: it loads the service's manager class
+#: (and the loading machinery of drivers), which a node and the operator's tools need and a
+#: caller never does (a caller checks requests against the API the nodes published).
+SPEC_BUILDER = "workers.core.specs:build_spec"
 #: Result backends that rebuild only declared exceptions, by URL scheme.
 BACKENDS = {
     "redis": "workers.extensions.backend:RedisBackend",
@@ -229,10 +237,12 @@ class Taskyard(Celery):
         """One service's spec, built once; ``UnknownService`` when it is not configured.
 
         Built on first use, one service at a time: a node loads the manager
-        classes of the services it serves, not of every configured one.
+        classes of the services it serves, not of every configured one, and a
+        process that never asks (a caller) loads none (:data:`SPEC_BUILDER`).
         """
         spec = self._specs.get(service)
         if spec is None:
+            build_spec = symbol_by_name(SPEC_BUILDER)
             spec = self._specs[service] = build_spec(self.config.service(service))
         return spec
 

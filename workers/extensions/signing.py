@@ -6,7 +6,11 @@ in the caller, nothing sent) and, when ``security.signing_key`` is set,
 adds ``taskyard_signature``: an HMAC-SHA256 over the serialized body and
 the canonical JSON of every other header. Forwarded requests, handed-on
 work and periodic runs are signed the same way, since they are sent
-through the same app.
+through the same app. What a ``before_task_publish`` receiver writes into
+the headers (a tracing tool's trace context) is signed too: the client signs
+again once its receivers ran (:mod:`workers.extensions.publishing`), and
+Celery's task sender, which sends that signal after this module sealed the
+message, has it signed again as it publishes (:class:`_Resealing`).
 
 Receiving: :mod:`workers.extensions.strategy` checks the signature of every
 message a node takes (see there).
@@ -24,6 +28,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from celery import signals
 from celery.app.amqp import AMQP
 from kombu.serialization import dumps as kombu_dumps
 
@@ -101,7 +106,38 @@ class GuardedAMQP(AMQP):
             extra = kwargs.pop("headers", None)
             if extra:
                 headers.update(extra)
-            seal(config, name, headers, body, kwargs.get("serializer") or serializer)
+            payload = seal(config, name, headers, body, kwargs.get("serializer") or serializer)
+            if config.security.signing_key and (
+                    signals.before_task_publish.receivers or signals.after_task_publish.receivers):
+                # Celery sends before_task_publish after this point, and its receivers may
+                # add headers (a trace context): sign again when the message is published.
+                producer = _Resealing(producer, config, name, headers, payload)
             return send(producer, name, message, **kwargs)
 
         return send_task_message
+
+
+class _Resealing:
+    """A producer that signs its task message again as it publishes it.
+
+    Celery's task sender sends ``before_task_publish`` between sealing
+    (above) and ``producer.publish``; what its receivers wrote into the
+    headers is signed here. Any other publish (a task-sent event) passes
+    through unchanged.
+    """
+
+    def __init__(self, producer: Any, config: Any, name: str, headers: dict[str, Any],
+                 payload: bytes) -> None:
+        self._producer = producer
+        self._config = config
+        self._name = name
+        self._headers = headers
+        self._payload = payload
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def publish(self, body: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("headers") is self._headers:
+            seal(self._config, self._name, self._headers, body, payload=self._payload)
+        return self._producer.publish(body, *args, **kwargs)
