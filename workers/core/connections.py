@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from workers.core.addresses import is_sentinel, parse_sentinels
 from workers.core.config import Config
@@ -44,6 +44,36 @@ def connect(config: Config, url: str) -> redis.Redis:
     return redis.Redis.from_url(url, **_CLIENT_KWARGS, **extra)
 
 
+class FollowingConnection(SentinelManagedConnection):
+    """redis-py's connection to the master the sentinels name, also leaving a demoted one
+    when a Lua script is refused.
+
+    redis-py drops a connection to a master demoted to a replica when a command
+    is refused with ``READONLY``, and asks the sentinels again; a script's
+    refusal arrives as an ``Error running script ... -READONLY`` reply instead,
+    which it lets through, and Celery takes it for an unrecoverable error (a
+    node's consumer binding its remote-control queue stopped the node, after
+    the killed master came back as a replica on its old port). Here it is the
+    connection error it is: the connection is dropped and the next one goes to
+    the promoted master.
+    """
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if not self.connection_pool.is_master or "READONLY" not in str(exc):
+                raise
+            self.disconnect()
+            raise redis.ConnectionError(
+                "the previous master is now a replica (a script was refused: READONLY)"
+            ) from exc
+
+
+class FollowingSSLConnection(FollowingConnection, SentinelManagedSSLConnection):
+    """:class:`FollowingConnection` over TLS."""
+
+
 def sentinel_master(config: Config, url: str) -> tuple[redis.Redis, Sentinel]:
     """A client of the master the sentinels of ``url`` name, and the sentinels' client.
 
@@ -56,7 +86,8 @@ def sentinel_master(config: Config, url: str) -> tuple[redis.Redis, Sentinel]:
                         sentinel_kwargs=config.sentinel.sentinel_kwargs(),
                         db=address.db, username=address.username, password=address.password,
                         **_CLIENT_KWARGS)
-    return sentinel.master_for(config.sentinel.master_name), sentinel
+    return sentinel.master_for(config.sentinel.master_name,
+                               connection_class=FollowingConnection), sentinel
 
 
 class RedisClients:

@@ -53,6 +53,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
+from workers.core.connections import FollowingConnection, FollowingSSLConnection
 from workers.core.deadletters import DeadLetters, service_of
 from workers.core.delays import Delayed, DelayedRequests, Marker
 from workers.core.keys import (
@@ -788,6 +789,9 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     """
 
     taskyard_sentinels: tuple[tuple[str, int], ...] = ()
+    #: Connections that also leave a demoted master when a script is refused (READONLY).
+    connection_class = FollowingConnection
+    connection_class_ssl = FollowingSSLConnection  # type: ignore[assignment]  # kombu's own class
 
     from_transport_options = (  # type: ignore[assignment]
         *kombu_redis.SentinelChannel.from_transport_options, *Channel.TASKYARD_OPTIONS,
