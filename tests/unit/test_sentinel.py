@@ -17,7 +17,7 @@ from tests.conftest import REPO_ROOT, make_config
 from workers.core.addresses import SentinelList, canonical, is_redis_address, parse_sentinels
 from workers.core.application import SENTINEL_TRANSPORT, TRANSPORT, Taskyard, celery_settings
 from workers.core.config import effective, load_config
-from workers.core.connections import RedisClients, connect
+from workers.core.connections import FollowingConnection, RedisClients, connect
 from workers.core.masking import MASK
 from workers.exceptions import ConfigError, Unavailable
 from workers.extensions.transport import Channel, SentinelChannel, _WaitingPipeline
@@ -234,3 +234,35 @@ def test_the_documented_sentinel_settings_are_read_as_documented(
     assert config.broker_url.startswith("sentinel://10.0.0.1:26379/0;")
     assert config.sentinel.master_name == "taskyard"
     assert celery_settings(config)["broker_transport"] == SENTINEL_TRANSPORT
+
+
+def test_a_script_refused_by_a_demoted_master_drops_the_connection_like_a_command(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Lua script on a master demoted to a replica (its old port, come back) is refused
+    with ``Error running script ... -READONLY``: the connection is dropped and the error is
+    a connection error (retried on the promoted master), not one that stops a node."""
+    dropped: list[bool] = []
+
+    class Demoted(FollowingConnection):
+        def disconnect(self, *args: object, **kwargs: object) -> None:
+            dropped.append(True)
+
+    def answer(error: Exception) -> Any:
+        def read_response(self: object, *args: object, **kwargs: object) -> None:
+            raise error
+        return read_response
+
+    pool = redis.sentinel.SentinelConnectionPool("taskyard", sentinel_manager=None,
+                                                 connection_class=Demoted)
+    connection = pool.make_connection()
+    monkeypatch.setattr(redis.sentinel.SentinelManagedConnection, "read_response", answer(
+        redis.ResponseError("Error running script (call to f_0): @user_script:2: "
+                            "-READONLY You can't write against a read only replica.")))
+    with pytest.raises(redis.ConnectionError, match="previous master is now a replica"):
+        connection.read_response()
+    assert dropped == [True]
+    monkeypatch.setattr(redis.sentinel.SentinelManagedConnection, "read_response",
+                        answer(redis.ResponseError("WRONGTYPE Operation against a key")))
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        connection.read_response()
+    assert dropped == [True]
