@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.integration import browser
+from tests.integration import browser, faults
 from tests.integration.conftest import Node, node_environment, run_cli
 from workers.cli.embedded import free_port
 from workers.client.rpc import Client
@@ -33,6 +33,17 @@ from workers.testing import wait_for
 
 AUTH = "watcher:correct-horse"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@pytest.fixture(scope="module")
+def cluster_env(redis_server: Any, state_dir: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The reference fleet with the file volume driver, and the ``life`` service."""
+    root = tmp_path_factory.mktemp("life")
+    return node_environment(redis_server.url, state_dir, TASKYARD_SERVICES__VOLUME__DRIVER="file",
+                            TASKYARD_SETTINGS=faults.life_settings(root / "life.toml",
+                                                                   root / "files"),
+                            **faults.node_env())
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +194,39 @@ def test_without_credentials_configured_the_api_refusal_names_taskyards_setting(
     finally:
         process.terminate()
         process.wait(15)
+
+
+def test_flower_shows_retries_and_requests_cancelled_stopped_or_expired(
+    flower: str, client_app: Taskyard, start_node: Callable[..., Node],
+) -> None:
+    start_node("life-w", services=[faults.LIFE_SERVICE], pool="solo")
+    life = Client(faults.LIFE_SERVICE, app=client_app).prepare(host="life-w")
+    retried = life.cast("flaky", key="flower-retry", failures=1)
+    assert retried.wait(30)["attempt"] == 2
+    # The node's one process is busy: what waits behind it expires.
+    blocker = life.cast("nap", tag="flower-block", seconds=1.5, steps=3)
+    wait_for(lambda: blocker.node == "life-w", 30, "the blocker to start")
+    expired = life.prepare(expires=0.3).cast("count", key="flower-expired")
+    blocker.wait(30)
+    stopped = life.cast("nap", tag="flower-stop", seconds=60, steps=600)
+    wait_for(stopped.progress, 30, "the long request to report progress")
+    stopped.cancel(terminate=True)
+    queued = life.prepare(host="nobody-here").cast("count", key="flower-cancelled")
+    queued.cancel()
+    wanted = {retried.id: "SUCCESS", expired.id: "REVOKED", stopped.id: "REVOKED",
+              queued.id: "REVOKED"}
+
+    def shown() -> dict[str, dict[str, Any]] | None:
+        tasks = flower_tasks(flower)
+        if all(tasks.get(task_id, {}).get("state") == state
+               for task_id, state in wanted.items()):
+            return tasks
+        return None
+
+    tasks = wait_for(shown, 30, "Flower to show the retry and the three revoked requests",
+                     interval=0.25)
+    assert tasks[retried.id]["retries"] == 1  # its second run, as Celery counts retries
+    assert tasks[stopped.id]["name"] == f"{faults.LIFE_SERVICE}.nap"
 
 
 def test_fanout_messages_are_recognisable_in_flower(
