@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from workers.client.rpc import Client, Handle
 from workers.core.application import Taskyard
 from workers.core.config import Config, ServiceConfig
 from workers.exceptions import (
+    Cancelled,
     InvalidRequest,
     NotFound,
     RemoteError,
@@ -46,6 +48,8 @@ class LoudEcho(EchoDriver):
 #: Lets a test hold an endpoint mid-run (the worker runs in this process).
 gate = threading.Event()
 reached = threading.Event()
+#: The runs of ``wobbly``, by attempt.
+attempts: list[int] = []
 
 
 class EchoManager(Manager):
@@ -68,6 +72,15 @@ class EchoManager(Manager):
             reached.set()
             gate.wait(10)
         return {"request_id": self.context.request_id if self.context else None}
+
+    @endpoint(autoretry_for=(OSError,), max_retries=2, retry_backoff=0.05, retry_jitter=False)
+    def wobbly(self, fail_times: int) -> dict[str, Any]:
+        """Fail with OSError on the first ``fail_times`` runs."""
+        attempt = self.context.attempt if self.context else 1
+        attempts.append(attempt)
+        if attempt <= fail_times:
+            raise OSError(f"backend busy on run {attempt}")
+        return {"attempt": attempt}
 
     @endpoint
     def whoami(self) -> dict[str, Any]:
@@ -262,3 +275,32 @@ def test_cast_many_refuses_every_call_when_one_is_bad(caller: Taskyard) -> None:
                        match=r"call 2 of 3: echo\.echo: argument 'text' must be str"):
         client.cast_many("echo", [{"text": "a"}, {"text": "b"}, {"text": 3}])
     assert client.cast_many("echo", []) == []
+
+
+# -- a request's life on the in-process node (the testing kit's second level) ------------
+
+
+def test_a_failure_the_endpoint_retries_runs_again_and_reports_its_attempt(app: Taskyard) -> None:
+    attempts.clear()
+    assert Client("echo", app=app).call("wobbly", fail_times=2) == {"attempt": 3}
+    assert attempts == [1, 2, 3]
+    attempts.clear()
+    with pytest.raises(RemoteError, match="backend busy on run 3"):
+        Client("echo", app=app).call("wobbly", fail_times=5)
+    assert attempts == [1, 2, 3]  # max_retries=2 after the first run
+
+
+def test_a_delayed_request_runs_once_due_on_the_in_process_node(app: Taskyard) -> None:
+    started = time.monotonic()
+    handle = Client("echo", app=app).prepare(countdown=0.5).cast("echo", text="later")
+    assert handle.wait(10) == "LATER"
+    assert time.monotonic() - started >= 0.45
+
+
+def test_a_queued_request_cancelled_on_the_in_process_node_never_runs(app: Taskyard) -> None:
+    client = Client("echo", app=app)
+    handle = client.prepare(host="node-z").cast("echo", text="never")  # nobody consumes it
+    outcome = client.cancel(handle.id)
+    assert outcome.changed and handle.state == "REVOKED"
+    with pytest.raises(Cancelled):
+        handle.wait(1)
