@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT, make_app, make_config
+from tests.integration import faults
 from workers.cli.embedded import RedisServer
 from workers.core.application import Taskyard
 from workers.core.config import Config
@@ -40,6 +41,14 @@ def node_environment(redis_url: str, state_dir: Path, **extra: str) -> dict[str,
         "TASKYARD_RPC_TIMEOUT": "20",
         **extra,
     })
+
+
+def life_env(redis_url: str, state_dir: Path, root: Path, **extra: str) -> dict[str, str]:
+    """:func:`node_environment` with the ``life`` service (tests/integration/faults.py): its
+    settings in ``root``, its files in ``root/files``."""
+    settings = faults.life_settings(root / "life.toml", root / "files")
+    return node_environment(redis_url, state_dir, TASKYARD_SETTINGS=settings,
+                            **faults.node_env(), **extra)
 
 
 class Node(NodeProcess):

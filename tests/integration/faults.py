@@ -252,6 +252,7 @@ def life_settings(path: Path, root: Path) -> str:
     return f"{REPO_ROOT / 'settings.toml'},{path}"
 
 
+
 class LifeDriver:
     """Files under ``root`` that outlive Redis restarts, and commands through the executor."""
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import faults
-from tests.integration.conftest import Node, node_environment
+from tests.integration.conftest import Node, life_env
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
@@ -49,9 +49,8 @@ def life_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster_env(redis_server: RedisServer, state_dir: Path, life_root: Path) -> dict[str, str]:
-    settings = faults.life_settings(life_root / "life.toml", life_root / "files")
-    return node_environment(redis_server.url, state_dir, TASKYARD_SETTINGS=settings,
-                            TASKYARD_BROKER_CONNECTION_TIMEOUT="2", **faults.node_env())
+    return life_env(redis_server.url, state_dir, life_root,
+                    TASKYARD_BROKER_CONNECTION_TIMEOUT="2")
 
 
 @pytest.mark.parametrize(("pool", "runs"), [("prefork", RUNS), ("threads", max(1, RUNS // 4)),

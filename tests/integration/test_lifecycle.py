@@ -25,7 +25,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from tests.integration import faults
-from tests.integration.conftest import Node, node_environment, run_cli
+from tests.integration.conftest import Node, life_env, run_cli
 from workers.cli.embedded import RedisServer
 from workers.client.handle import REMOVED, REVOKED, RUNNING, STOPPING
 from workers.client.rpc import Client, Handle
@@ -58,9 +58,7 @@ def life_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster_env(redis_server: RedisServer, state_dir: Path, life_root: Path) -> dict[str, str]:
-    settings = faults.life_settings(life_root / "life.toml", life_root / "files")
-    return node_environment(redis_server.url, state_dir, TASKYARD_SETTINGS=settings,
-                            **faults.node_env())
+    return life_env(redis_server.url, state_dir, life_root)
 
 
 @pytest.fixture(scope="module")

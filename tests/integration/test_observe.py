@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.integration import browser, faults
-from tests.integration.conftest import Node, node_environment, run_cli
+from tests.integration.conftest import Node, life_env, node_environment, run_cli
 from workers.cli.embedded import free_port
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
@@ -39,11 +39,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 def cluster_env(redis_server: Any, state_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The reference fleet with the file volume driver, and the ``life`` service."""
-    root = tmp_path_factory.mktemp("life")
-    return node_environment(redis_server.url, state_dir, TASKYARD_SERVICES__VOLUME__DRIVER="file",
-                            TASKYARD_SETTINGS=faults.life_settings(root / "life.toml",
-                                                                   root / "files"),
-                            **faults.node_env())
+    return life_env(redis_server.url, state_dir, tmp_path_factory.mktemp("life"),
+                    TASKYARD_SERVICES__VOLUME__DRIVER="file")
 
 
 @pytest.fixture(scope="module")
