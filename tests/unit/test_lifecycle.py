@@ -84,6 +84,11 @@ def test_a_call_expires_at_its_timeout_unless_it_says_otherwise() -> None:
     assert Timing().at(100.0).expires is None
 
 
+def test_a_call_delayed_past_its_timeout_is_refused_naming_the_timeout() -> None:
+    with pytest.raises(InvalidRequest, match=r"the call's timeout \(30 s\) ends before its eta"):
+        Timing(countdown=60).at(100.0, deadline_s=30)
+
+
 def test_prepare_replaces_one_delay_with_the_other() -> None:
     timing = Timing(countdown=5, expires=60)
     eta = datetime.now(timezone.utc) + timedelta(minutes=1)

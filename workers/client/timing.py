@@ -109,6 +109,11 @@ class Timing:
             expires = now + deadline_s if deadline_s is not None else None
         if expires is not None and expires <= (due if due is not None else now):
             when = "its eta" if due is not None else "it is sent"
+            if self.expires is None:  # the deadline of a call: its timeout
+                raise InvalidRequest(
+                    f"the call's timeout ({deadline_s:g} s) ends before {when}: it would never "
+                    "run; cast it (a delayed request), or give the call a longer timeout",
+                    {"argument": "timeout"})
             raise InvalidRequest(
                 f"expires ({datetime.fromtimestamp(expires, timezone.utc).isoformat()}) is not "
                 f"after {when}: it would never run; give a later expires, or none",

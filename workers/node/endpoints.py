@@ -142,6 +142,10 @@ class EndpointTask(Task):
                     else contextlib.nullcontext():
                 if terminations is not None and os.getpid() != self.managers.main_pid:
                     self._note_process(terminations, host)
+                if scope.cancelled:
+                    # Cancelled with terminate between its take and its start: it never runs.
+                    outcome = "cancelled (terminate) before it started"
+                    self._settle_cancelled(scope)
                 try:
                     manager = self.managers.get(self.service)
                     host = manager.host
