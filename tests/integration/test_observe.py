@@ -261,7 +261,8 @@ def test_one_request_is_followed_through_two_services_by_its_id(
     client_app: Taskyard, nodes: dict[str, Node]
 ) -> None:
     placed = Client("scheduler", app=client_app).call("schedule_create_volume", size_gb=1)
-    Client("volume", app=client_app).handle(placed["task_id"]).wait()
+    # The volume is written out in full here (preallocate): 1 GiB, a while on a busy disk.
+    Client("volume", app=client_app).handle(placed["task_id"]).wait(timeout=120)
     scheduler_line = wait_for(
         lambda: re.search(r"scheduler\.schedule_create_volume host=sched-w request=(\w+) "
                           r".*outcome=ok", nodes["sched-w"].log()), 10, "the scheduler's line")
