@@ -1,0 +1,18 @@
+"""AntiAffinityFilter: with an ``anti_affinity`` hint, never the host of the resources it names."""
+
+from __future__ import annotations
+
+from drivers.scheduler.filters.base import HostFilter
+from drivers.scheduler.hosts import ANTI_AFFINITY_HINT, HostState, PlacementRequest
+
+
+class AntiAffinityFilter(HostFilter):
+    """Removes hosts that hold any resource named by the hint ``anti_affinity`` (ids)."""
+
+    hints = (ANTI_AFFINITY_HINT,)
+
+    def host_passes(self, host: HostState, request: PlacementRequest) -> str | None:
+        for resource_id in request.hint_ids(ANTI_AFFINITY_HINT):
+            if request.resource_hosts.get(resource_id) == host.host:
+                return f"anti-affinity: holds {resource_id}"
+        return None
