@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from drivers.exceptions import NoValidHost
 from managers.builds import Build
 from managers.claims import ClaimStore, Inventory
 from managers.forwarding import Forward
@@ -365,6 +366,26 @@ class Manager:
                      placements=self.placements, is_up=is_up, records=records,
                      status=status, kind=self._placement().kind)
 
+    def resize_claim(self, resource_id: str, **arguments: Any) -> None:
+        """Make ``resource_id``'s claim on this node what ``arguments`` (the create endpoint's,
+        with their new values) need; growing past this node's capacity is
+        :class:`NoValidHost`, saying by how much."""
+        amounts = self._placement().amounts(arguments)
+        result = self.claims.resize(resource_id, self.host, amounts)
+        if result.ok:
+            return
+        if result.why == "held" and result.holder is None:  # it holds no claim: it has one now
+            self.claims.claim(resource_id, self.host, amounts, force=True)
+            return
+        if result.why == "noinv":  # no inventory to check against: the backend decides
+            self.claims.resize(resource_id, self.host, amounts, force=True)
+            return
+        kind = self._placement().kind
+        raise NoValidHost(f"{kind} {resource_id} cannot grow on {self.host}: "
+                          f"{result.reason(amounts)}",
+                          {"id": resource_id, "host": self.host,
+                           "reasons": {"CapacityFilter": {self.host: result.reason(amounts)}}})
+
     def release_claim(self, resource_id: str) -> None:
         """The resource is gone from this node: free what its claim held, at once."""
         if self.claims.release(resource_id, self.host) is not None:
@@ -406,16 +427,16 @@ class Manager:
                 self.placements.retire(rid)
                 fixed["released"].append(rid)
         for rid, amounts in held.items():
-            claim = claims.get(rid)
-            if claim is not None and claim["amounts"] == amounts:
+            existing = claims.get(rid)
+            if existing is not None and existing["amounts"] == amounts:
                 continue
-            if claim is not None:
+            if existing is not None:
                 self.claims.release(rid, self.host)
                 fixed["resized"].append(rid)
             result = self.claims.claim(rid, self.host, amounts, force=True)
             if not result.ok:
                 fixed["elsewhere"].append(f"{rid} (claimed on {result.holder})")
-            elif claim is None:
+            elif existing is None:
                 fixed["claimed"].append(rid)
         usage = self.claims.recount(self.host)
         report = {"at": time.time(), "held": len(held), "claims": len(claims),

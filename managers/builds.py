@@ -131,7 +131,7 @@ class Build:
             return
         log.warning("building %s %s failed on %s (%s; %d failed builds here in a row): "
                     "rescheduling", self.kind, self.id, self.host, error, failures)
-        moved_to, passed_over = self.placements.reschedule(
+        moved_to, passed_over, _ = self.placements.reschedule(
             self.claims, self.placement, self.host, attempts, self.is_up)
         if passed_over:
             log.info("%s %s: alternates passed over: %s", self.kind, self.id,
@@ -143,6 +143,20 @@ class Build:
                      len(attempts) + 1)
             raise Forward(moved_to, extra_hops=len(attempts)) from None
         self._give_up(attempts)
+
+    def take_over(self) -> None:
+        """This node goes on with a build another node began (it died): the claim moves here."""
+        holder = self.claims.holder(self.id)
+        if holder is not None and holder != self.host:
+            self.claims.release(self.id, holder)
+            log.info("%s %s: claim moved from %s to %s with the build", self.kind, self.id,
+                     holder, self.host)
+        claimed = self.claims.claim(self.id, self.host, self.amounts, force=True)
+        self.claimed_here = self.claimed_here or (claimed.ok and claimed.new)
+
+    def release(self) -> None:
+        """The resource holds nothing here (its build had failed before): free its claim."""
+        self.claims.release(self.id, self.host)
 
     def _give_up(self, attempts: list[dict[str, Any]]) -> None:
         """The build failed on every host it could go to: the record says so, the caller too."""

@@ -49,6 +49,16 @@ def placement_key(service: str, *parts: str) -> str:
     return ":".join((PLACEMENT_PREFIX, service, *parts))
 
 
+def remember_service(redis: Any, service: str) -> None:
+    """Note that the scheduler places ``service``'s resources (its builds are watched)."""
+    redis.sadd(placement_key("services"), service)
+
+
+def placed_services(redis: Any) -> list[str]:
+    """The services the scheduler has placed resources of."""
+    return sorted(_text(s) for s in redis.smembers(placement_key("services")))
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -86,10 +96,10 @@ class ClaimResult:
     #: False when the claim already existed on this host (claiming again changes nothing).
     new: bool = True
 
-    def reason(self, amounts: Mapping[str, int]) -> str:
+    def reason(self, amounts: Mapping[str, float]) -> str:
         """Why the claim was refused, in a few words."""
         if self.why == "held":
-            return f"already claimed on {self.holder}"
+            return f"already claimed on {self.holder}" if self.holder else "not claimed here"
         if self.why == "noinv":
             return f"reports no {self.resource_class} inventory"
         rc = self.resource_class or "?"
@@ -168,10 +178,12 @@ end
 if not force then
   for i = 6, #ARGV, 2 do
     local rc, amount = ARGV[i], tonumber(ARGV[i + 1])
-    local cap = redis.call('HGET', p..':capacity:'..rc, host)
-    local used = tonumber(redis.call('HGET', p..':usage:'..rc, host) or '0')
-    if not cap then return {0, 'noinv', rc, tostring(used), '0'} end
-    if used + amount > tonumber(cap) then return {0, 'full', rc, tostring(used), cap} end
+    if amount > 0 then
+      local cap = redis.call('HGET', p..':capacity:'..rc, host)
+      local used = tonumber(redis.call('HGET', p..':usage:'..rc, host) or '0')
+      if not cap then return {0, 'noinv', rc, tostring(used), '0'} end
+      if used + amount > tonumber(cap) then return {0, 'full', rc, tostring(used), cap} end
+    end
   end
 end
 local zone = redis.call('HGET', p..':zone', host)
@@ -185,6 +197,34 @@ redis.call('SADD', KEYS[2], id)
 return {1, host, 1}
 """
 
+# Resize a claim in place. KEYS: claim. ARGV: prefix, id, host, force, then class, amount
+# pairs. Returns {1} or {0, why, ...} as _CLAIM does.
+_RESIZE = _REINDEX + """
+local p, id, host, force = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local holder = redis.call('HGET', KEYS[1], 'host')
+if holder ~= host then return {0, 'held', holder or ''} end
+if not force then
+  for i = 5, #ARGV, 2 do
+    local rc, amount = ARGV[i], tonumber(ARGV[i + 1])
+    local delta = amount - tonumber(redis.call('HGET', KEYS[1], 'rc:'..rc) or '0')
+    if delta > 0 then
+      local cap = redis.call('HGET', p..':capacity:'..rc, host)
+      local used = tonumber(redis.call('HGET', p..':usage:'..rc, host) or '0')
+      if not cap then return {0, 'noinv', rc, tostring(used), '0'} end
+      if used + delta > tonumber(cap) then return {0, 'full', rc, tostring(used), cap} end
+    end
+  end
+end
+local zone = redis.call('HGET', p..':zone', host)
+for i = 5, #ARGV, 2 do
+  local rc, amount = ARGV[i], tonumber(ARGV[i + 1])
+  local delta = amount - tonumber(redis.call('HGET', KEYS[1], 'rc:'..rc) or '0')
+  redis.call('HSET', KEYS[1], 'rc:'..rc, amount)
+  reindex(p, rc, host, redis.call('HINCRBY', p..':usage:'..rc, host, delta), zone)
+end
+return {1}
+"""
+
 # Release. KEYS: claim. ARGV: prefix, id, host it must be on ('' : any). Returns the host
 # it was on, or false.
 _RELEASE = _REINDEX + """
@@ -196,8 +236,8 @@ local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   if string.sub(fields[i], 1, 3) == 'rc:' then
     local rc = string.sub(fields[i], 4)
-    reindex(p, rc, host, redis.call('HINCRBY', p..':usage:'..rc, host, -tonumber(fields[i + 1])),
-            zone)
+    local amount = 0 - tonumber(fields[i + 1])  -- never -0, which HINCRBY refuses
+    reindex(p, rc, host, redis.call('HINCRBY', p..':usage:'..rc, host, amount), zone)
   end
 end
 redis.call('SREM', p..':claims:'..host, id)
@@ -268,6 +308,7 @@ class ClaimStore:
         self._report = redis.register_script(_REPORT)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._resize = redis.register_script(_RESIZE)
         self._recount = redis.register_script(_RECOUNT)
         self._candidates = redis.register_script(_CANDIDATES)
 
@@ -331,7 +372,7 @@ class ClaimStore:
 
     # -- claims ------------------------------------------------------------------
 
-    def claim(self, resource_id: str, host: str, amounts: Mapping[str, int], *,
+    def claim(self, resource_id: str, host: str, amounts: Mapping[str, float], *,
               force: bool = False) -> ClaimResult:
         """Take ``amounts`` of ``host``'s capacity for ``resource_id``, all or nothing.
 
@@ -351,6 +392,23 @@ class ClaimStore:
         why = _text(reply[1])
         if why == "held":
             return ClaimResult(False, host, why, holder=_text(reply[2]))
+        return ClaimResult(False, host, why, resource_class=_text(reply[2]),
+                           used=int(float(reply[3])), capacity=int(float(reply[4])))
+
+    def resize(self, resource_id: str, host: str, amounts: Mapping[str, float], *,
+               force: bool = False) -> ClaimResult:
+        """Change what ``resource_id``'s claim on ``host`` takes, atomically: growing is
+        checked against the host's capacity (unless ``force``); refused (``held``, with
+        ``holder`` None) when the resource holds no claim on ``host``."""
+        args: list[Any] = [self.prefix, resource_id, host, "1" if force else "0"]
+        for rc, amount in amounts.items():
+            args += [rc, int(amount)]
+        reply = self._resize(keys=[self.key("claim", resource_id)], args=args)
+        if int(reply[0]) == 1:
+            return ClaimResult(True, host, new=False)
+        why = _text(reply[1])
+        if why == "held":
+            return ClaimResult(False, host, why, holder=_text(reply[2]) or None)
         return ClaimResult(False, host, why, resource_class=_text(reply[2]),
                            used=int(float(reply[3])), capacity=int(float(reply[4])))
 
@@ -403,7 +461,7 @@ class ClaimStore:
 
     # -- reading candidates ---------------------------------------------------------
 
-    def candidates(self, needs: Mapping[str, int], limit: int,
+    def candidates(self, needs: Mapping[str, float], limit: int,
                    zone: str | None = None) -> list[Candidate]:
         """Up to ``limit`` hosts with the most free of the first class of ``needs`` (in
         ``zone`` only, when given), freest first, with what they have free of every class."""
@@ -423,6 +481,27 @@ class ClaimStore:
                 if value is not None:
                     free[rc] = float(value)
             found.append(Candidate(_text(raw), free, _text(zones[i]) if zones[i] else "",
+                                   int(failures[i]) if failures[i] else 0))
+        return found
+
+    def hosts(self, names: list[str], classes: list[str]) -> list[Candidate]:
+        """``names`` as candidates, counted from their capacity and usage (whether or not they
+        are in the index): what placement reads for the hosts affinity names."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.key("zone"), names)
+        pipe.hmget(self.key("failures"), names)
+        for rc in classes:
+            pipe.hmget(self.key("capacity", rc), names)
+            pipe.hmget(self.key("usage", rc), names)
+        zones, failures, *per_class = pipe.execute()
+        found = []
+        for i, host in enumerate(names):
+            free = {}
+            for j, rc in enumerate(classes):
+                capacity, used = per_class[2 * j][i], per_class[2 * j + 1][i]
+                if capacity is not None:
+                    free[rc] = float(capacity) - float(used or 0)
+            found.append(Candidate(host, free, _text(zones[i]) if zones[i] else "",
                                    int(failures[i]) if failures[i] else 0))
         return found
 

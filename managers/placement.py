@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,11 +188,11 @@ class Placements:
             _loads(raw.get("decision"), {}),
             int(raw.get("max_attempts") or 1), float(raw.get("at") or 0))
 
-    def set_task(self, resource_id: str, task_id: str) -> None:
-        """The task id the build was sent under (the caller waits on it)."""
+    def set_task(self, resource_id: str, task_id: str, kwargs: Mapping[str, Any]) -> None:
+        """The task id and arguments the build was sent with (the caller waits on the id)."""
         record = self.get(resource_id)
         if record is not None:
-            request = {**record.request, "task_id": task_id}
+            request = {**record.request, "task_id": task_id, "kwargs": dict(kwargs)}
             self.redis.hset(self.key(resource_id), "request",
                             json.dumps(request, separators=(",", ":")))
 
@@ -237,20 +237,22 @@ class Placements:
 
     def reschedule(self, claims: ClaimStore, record: PlacementRecord, failed_host: str,
                    attempts: list[dict[str, Any]],
-                   is_up: Any = None) -> tuple[str | None, list[str]]:
+                   is_up: Callable[[str], bool] | None = None,
+                   ) -> tuple[str | None, list[str], bool]:
         """Move a build that failed on ``failed_host`` to its next alternate.
 
         Releases the claim on ``failed_host`` and claims the alternates in
         turn (those ``is_up`` says are up) until one fits; records where the
         build goes on, or that it failed for good. Returns the new host (None:
-        no alternate left) and the alternates passed over with why. When the
-        claim was no longer on ``failed_host`` (moved by someone else), the
-        record is left as it is and its current host returned.
+        no alternate left), the alternates passed over with why, and whether
+        this call moved it: when the claim was no longer on ``failed_host``
+        (someone else moved it first), the record is left as it is and the
+        host holding the claim now returned.
         """
         if claims.release(record.id, failed_host) is None:
             holder = claims.holder(record.id)
-            if holder is not None and holder != failed_host:
-                return holder, []
+            if holder != failed_host:
+                return holder, [], False
         passed_over = []
         alternates = list(record.alternates)
         while alternates:
@@ -261,7 +263,7 @@ class Placements:
             claimed = claims.claim(record.id, host, record.amounts)
             if claimed.ok:
                 self.moved(record.id, host, alternates, attempts)
-                return host, passed_over
+                return host, passed_over, True
             passed_over.append(f"{host} ({claimed.reason(record.amounts)})")
         self.finished(record.id, FAILED, attempts)
-        return None, passed_over
+        return None, passed_over, True

@@ -117,8 +117,8 @@ class FilterScheduler(SchedulerDriver):
         except ValueError as exc:
             raise ValueError(f"driver_options: {exc}") from None
         self.known_hints = frozenset(
-            hint for plugin in [*self.host_filters, *(w for w, _ in self.host_weighers)]
-            for hint in plugin.hints)
+            [hint for f in self.host_filters for hint in f.hints]
+            + [hint for w, _ in self.host_weighers for hint in w.hints])
 
     def filter_hosts(
         self, request: PlacementRequest, hosts: Sequence[HostState]

@@ -337,6 +337,32 @@ class Registry:
             return apis[min(live, key=version_key)][0]
         return min(apis.values(), key=lambda entry: entry[1])[0]
 
+    def is_disabled(self, service: str, host: str) -> bool:
+        """Whether an operator keeps new work away from ``service`` on ``host``."""
+        return bool(self.redis.hexists(registry_key(service, "disabled"), host))
+
+    def states(self, service: str, hosts: builtins.list[str]) -> dict[str, dict[str, Any]]:
+        """Host -> ``{state, age, disabled_reason}`` for each of ``hosts`` (placement's
+        candidates): one round trip, whatever the size of the fleet. A host the registry
+        does not know is ``down``, age None."""
+        if not hosts:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hmget(registry_key(service, "seen"), hosts)
+        pipe.hmget(registry_key(service, "disabled"), hosts)
+        (seconds, micros), seen, disabled = pipe.execute()
+        now = float(seconds) + float(micros) / 1e6
+        found = {}
+        for host, raw_seen, raw_disabled in zip(hosts, seen, disabled, strict=True):
+            stamp = _stamp(raw_seen) if raw_seen else 0.0
+            age = now - stamp if stamp else None
+            alive = age is not None and age <= self.service_down_time
+            found[host] = {"state": DISABLED if raw_disabled else UP if alive else DOWN,
+                           "age": age, "alive": alive,
+                           "disabled_reason": _reason(raw_disabled) if raw_disabled else None}
+        return found
+
     def alive_hosts(self, service: str) -> builtins.list[str]:
         """Hosts of ``service`` that report in time, disabled ones included.
 

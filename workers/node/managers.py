@@ -19,9 +19,11 @@ from typing import Any
 from drivers.executor import Executor
 from drivers.loading import load_driver
 from managers.base import Manager
+from managers.placement import Placement
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
 from workers.core.config import Config
+from workers.core.keys import host_queue, task_name
 from workers.core.registry import HostsView
 from workers.core.specs import ServiceSpec
 
@@ -65,6 +67,25 @@ class NodeFleet:
     def cast(self, service: str, method: str, /, host: str | None = None,
              **kwargs: Any) -> str:
         return Client(service, app=self.app, host=host).cast(method, **kwargs).id
+
+    def states(self, service: str, hosts: list[str]) -> dict[str, dict[str, Any]]:
+        return self.app.registry.states(service, hosts)
+
+    def placement(self, service: str) -> Placement | None:
+        """As the service's nodes published it; as configured here when none has."""
+        api = self.app.api(service)
+        if api is not None and api.placement is not None:
+            return api.placement
+        if service in self.app.config.services:
+            return self.app.spec(service).manager_cls.placement
+        return None
+
+    def resend(self, service: str, method: str, /, *, host: str | None, task_id: str,
+               kwargs: Mapping[str, Any], headers: Mapping[str, Any]) -> None:
+        self.app.send_task(task_name(service, method), kwargs=dict(kwargs), task_id=task_id,
+                           queue=host_queue(service, host) if host else service,
+                           headers={k: v for k, v in headers.items()
+                                    if k.startswith("taskyard_")})
 
 
 def build_manager(app: Taskyard, spec: ServiceSpec, redis: Any = None) -> Manager:
