@@ -97,7 +97,8 @@ class ComputeManager(Manager):
                     return record
                 if record["host"] != self.host:  # its first node died while building it
                     record = self.instances.transition(
-                        instance_id, (BUILDING,), {"host": self.host, "updated_at": now()},
+                        instance_id, (BUILDING,),
+                        {"host": self.host, "attempts": build.attempts, "updated_at": now()},
                         action="taking over the build",
                     )
                     build.take_over()

@@ -122,7 +122,8 @@ class VolumeManager(Manager):
                 # creation over; the driver's create is safe to repeat.
                 if record["host"] != self.host:
                     record = self.volumes.transition(
-                        volume_id, (CREATING,), {"host": self.host, "updated_at": now()},
+                        volume_id, (CREATING,),
+                        {"host": self.host, "attempts": build.attempts, "updated_at": now()},
                         action="taking over the creation",
                     )
                     build.take_over()

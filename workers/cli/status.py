@@ -17,6 +17,7 @@ from celery import Celery
 from celery.result import AsyncResult
 from kombu.utils.encoding import bytes_to_str
 
+from workers.cli.placement import disagreements
 from workers.core.addresses import is_redis_address
 from workers.core.application import Taskyard
 from workers.core.keys import PROGRESS, host_queue
@@ -91,7 +92,8 @@ def gather(app: Taskyard, inspect_timeout: float = 1.0) -> dict[str, Any]:
     queues = queue_lengths(app, records)
     tasks, answered = running(app, inspect_timeout)
     return {"services": services, "queues": queues, "orphans": orphans(queues, records),
-            "running": tasks, "answered": answered}
+            "running": tasks, "answered": answered,
+            "placement": disagreements(app.registry)}
 
 
 def render(status: dict[str, Any]) -> str:
@@ -116,4 +118,10 @@ def render(status: dict[str, Any]) -> str:
         shown = (f"{progress.get('done')}/{progress.get('total')} {progress.get('message', '')}"
                  if progress else task["state"])
         lines.append(f"  {task['name']:<28} {task['worker']:<22} {task['id'][:8]}  {shown}")
+    if status.get("placement"):
+        lines.append("PLACEMENT  (hosts whose claims and reported inventory disagree: "
+                     "taskyard placement SERVICE)")
+        for entry in status["placement"]:
+            lines.append(f"  {entry['service']:<12} {entry['host']:<22} "
+                         + "; ".join(entry["why"]))
     return "\n".join(lines)
