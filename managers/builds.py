@@ -144,6 +144,11 @@ class Build:
             raise Forward(moved_to, extra_hops=len(attempts)) from None
         self._give_up(attempts)
 
+    def record_fields(self) -> dict[str, Any]:
+        """What the resource's new record says of this build: the attempts that failed
+        before it (none: nothing)."""
+        return {"attempts": self.attempts} if self.attempts else {}
+
     def take_over(self) -> None:
         """This node goes on with a build another node began (it died): the claim moves here."""
         holder = self.claims.holder(self.id)

@@ -80,7 +80,7 @@ class ComputeManager(Manager):
             record, created = self.instances.create(instance_id, {
                 "id": instance_id, "name": name, "image": image, "host": self.host,
                 "status": BUILDING, "power_state": None, "created_at": stamp,
-                "updated_at": stamp, "attempts": build.attempts,
+                "updated_at": stamp, **build.record_fields(),
             })
             if not created:
                 if record["image"] != image:
@@ -98,7 +98,7 @@ class ComputeManager(Manager):
                 if record["host"] != self.host:  # its first node died while building it
                     record = self.instances.transition(
                         instance_id, (BUILDING,),
-                        {"host": self.host, "attempts": build.attempts, "updated_at": now()},
+                        {"host": self.host, **build.record_fields(), "updated_at": now()},
                         action="taking over the build",
                     )
                     build.take_over()

@@ -101,7 +101,7 @@ class VolumeManager(Manager):
             record, created = self.volumes.create(volume_id, {
                 "id": volume_id, "name": name, "size_gb": size_gb, "host": self.host,
                 "status": CREATING, "created_at": stamp, "updated_at": stamp,
-                "attempts": build.attempts,
+                **build.record_fields(),
             })
             if not created:
                 if record["size_gb"] != size_gb and record["status"] != DELETED:
@@ -123,7 +123,7 @@ class VolumeManager(Manager):
                 if record["host"] != self.host:
                     record = self.volumes.transition(
                         volume_id, (CREATING,),
-                        {"host": self.host, "attempts": build.attempts, "updated_at": now()},
+                        {"host": self.host, **build.record_fields(), "updated_at": now()},
                         action="taking over the creation",
                     )
                     build.take_over()

@@ -73,7 +73,7 @@ def test_a_host_whose_backend_fails_every_build_has_its_requests_built_on_the_he
         outcomes = list(pool.map(lambda _: place(client_app, 2), range(8)))
     volumes = [o["volume"] for o in outcomes]
     assert [(v["status"], v["host"]) for v in volumes] == [("available", "vol-good")] * 8
-    tried_bad = [v for v in volumes if v["attempts"]]
+    tried_bad = [v for v in volumes if v.get("attempts")]
     assert tried_bad, "the least-loaded scheduler sent at least the first build to vol-bad"
     for volume in tried_bad:
         assert [(a["host"], a["error"]) for a in volume["attempts"]] == [
@@ -82,7 +82,7 @@ def test_a_host_whose_backend_fails_every_build_has_its_requests_built_on_the_he
     assert claims.usage("vol-good") == {"DISK_GB": 16}
     # Once it failed, the build-failure weigher keeps new work away from it.
     later = place(client_app, 2)
-    assert later["placed"]["host"] == "vol-good" and later["volume"]["attempts"] == []
+    assert later["placed"]["host"] == "vol-good" and "attempts" not in later["volume"]
     why = run_cli(cluster_env, "placement", "volume", tried_bad[0]["id"]).stdout
     assert "1. vol-bad: VolumeDriverError: fake driver told to fail create_volume" in why
 
