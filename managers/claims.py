@@ -323,8 +323,11 @@ class ClaimStore:
     # -- inventory ---------------------------------------------------------------
 
     def report_inventory(self, host: str, inventories: Mapping[str, Inventory], *,
-                         zone: str = "", listed: bool = True) -> None:
-        """Store what ``host`` offers; ``listed``: whether it takes new work (in the index)."""
+                         zone: str = "", listed: bool = True, client: Any = None) -> None:
+        """Store what ``host`` offers; ``listed``: whether it takes new work (in the index).
+
+        ``client``: a pipeline to queue the report on (a tool reporting many hosts).
+        """
         doc = json.dumps({"zone": zone, "at": time.time(), "classes": {
             rc: inv.as_dict() for rc, inv in sorted(inventories.items())}},
             separators=(",", ":"))
@@ -332,7 +335,7 @@ class ClaimStore:
                            ",".join(sorted(inventories))]
         for rc, inv in sorted(inventories.items()):
             args += [rc, inv.capacity]
-        self._report(keys=[], args=args)
+        self._report(keys=[], args=args, client=client)
 
     def inventories(self) -> dict[str, dict[str, Any]]:
         """Host -> its last inventory report (``zone``, ``at``, ``classes``)."""

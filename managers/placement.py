@@ -117,7 +117,7 @@ class PlacementRecord:
     #: Every build that failed: ``{host, error, at}``.
     attempts: list[dict[str, Any]] = field(default_factory=list)
     amounts: dict[str, int] = field(default_factory=dict)
-    #: ``{service, method, kwargs, task_id, request_id, caller, user}``: to send it again.
+    #: ``{service, method, kwargs, headers, task_id}``: to send it again under its task id.
     request: dict[str, Any] = field(default_factory=dict)
     #: Why the host was chosen: candidates considered, filters' removals, weights.
     decision: dict[str, Any] = field(default_factory=dict)
@@ -176,25 +176,37 @@ class Placements:
         pipe.execute()
 
     def get(self, resource_id: str) -> PlacementRecord | None:
-        flat = self.redis.hgetall(self.key(resource_id))
+        return self._read(resource_id, self.redis.hgetall(self.key(resource_id)))
+
+    def get_with_holder(self, resource_id: str,
+                        claims: ClaimStore) -> tuple[PlacementRecord | None, str | None]:
+        """The placement record of ``resource_id`` and the host its claim is on, in one
+        round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.key(resource_id))
+        pipe.hget(claims.key("claim", resource_id), "host")
+        flat, holder = pipe.execute()
+        return self._read(resource_id, flat), (
+            holder.decode() if isinstance(holder, bytes) else holder)
+
+    def _read(self, resource_id: str, flat: Mapping[Any, Any]) -> PlacementRecord | None:
         if not flat:
             return None
         raw = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
                                                               else v) for k, v in flat.items()}
+        request = _loads(raw.get("request"), {})
+        if raw.get("task_id"):
+            request["task_id"] = raw["task_id"]
         return PlacementRecord(
             resource_id, raw.get("host", ""), raw.get("state", ""),
             _loads(raw.get("alternates"), []), _loads(raw.get("attempts"), []),
-            _loads(raw.get("amounts"), {}), _loads(raw.get("request"), {}),
+            _loads(raw.get("amounts"), {}), request,
             _loads(raw.get("decision"), {}),
             int(raw.get("max_attempts") or 1), float(raw.get("at") or 0))
 
-    def set_task(self, resource_id: str, task_id: str, kwargs: Mapping[str, Any]) -> None:
-        """The task id and arguments the build was sent with (the caller waits on the id)."""
-        record = self.get(resource_id)
-        if record is not None:
-            request = {**record.request, "task_id": task_id, "kwargs": dict(kwargs)}
-            self.redis.hset(self.key(resource_id), "request",
-                            json.dumps(request, separators=(",", ":")))
+    def set_task(self, resource_id: str, task_id: str) -> None:
+        """The task id the build was sent under (the caller waits on it)."""
+        self.redis.hset(self.key(resource_id), "task_id", task_id)
 
     def moved(self, resource_id: str, host: str, alternates: list[str],
               attempts: list[dict[str, Any]]) -> None:

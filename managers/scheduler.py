@@ -120,10 +120,9 @@ class SchedulerManager(Manager):
                                  {"argument": placement.id_argument})
         claims, placements = self._stores_of(service)
         kwargs = {**arguments, placement.id_argument: resource_id}
-        earlier = placements.get(resource_id)
+        earlier, holder = placements.get_with_holder(resource_id, claims)
         if earlier is not None and earlier.state != FAILED:
             return self._hand_on(service, placement, earlier, kwargs, again=True)
-        holder = claims.holder(resource_id)
         if holder is not None:
             raise Conflict(f"{placement.kind} {resource_id} already holds a claim on {holder}",
                            {"id": resource_id, "host": holder})
@@ -136,7 +135,7 @@ class SchedulerManager(Manager):
         context = self.context
         record = PlacementRecord(
             resource_id, chosen, BUILDING, alternates, [], amounts,
-            {"service": service, "method": placement.creates,
+            {"service": service, "method": placement.creates, "kwargs": kwargs,
              "headers": context.as_headers() if context else {}},
             decision, self.driver.max_attempts, round(time.time(), 3))
         placements.start(record)
@@ -242,7 +241,7 @@ class SchedulerManager(Manager):
                     self._stores_of(service)[0].release(record.id, record.host)
                     placements.forget(record.id)
                 raise
-            placements.set_task(record.id, task_id, kwargs)
+            placements.set_task(record.id, task_id)
         return {"host": record.host, "id": record.id, "task_id": task_id, "service": service,
                 "method": placement.creates, "alternates": list(record.alternates)}
 

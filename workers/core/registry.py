@@ -191,6 +191,18 @@ class Registry:
         )
         return float(bytes_to_str(stamp))
 
+    def report_many(self, service: str, infos: dict[str, dict[str, Any]]) -> None:
+        """Store a heartbeat of ``service`` for each host of ``infos`` (host -> info), in one
+        pipelined round trip: for tools that report for many hosts (a simulator, a proxy)."""
+        pipe = self.redis.pipeline(transaction=False)
+        keys = [registry_key("services"), registry_key(service), registry_key(service, "seen"),
+                registry_key(service, "versions")]
+        for host, info in infos.items():
+            self._report(keys=keys, args=[service, host,
+                                          json.dumps(info, separators=(",", ":"), default=str),
+                                          str(info.get("rpc_api_version") or "")], client=pipe)
+        pipe.execute()
+
     def publish_api(self, api: ServiceAPI) -> None:
         """Publish the API of ``api.service`` at ``api.version`` for callers."""
         pipe = self.redis.pipeline(transaction=True)
