@@ -178,6 +178,15 @@ class Placements:
     def get(self, resource_id: str) -> PlacementRecord | None:
         return self._read(resource_id, self.redis.hgetall(self.key(resource_id)))
 
+    def get_many(self, resource_ids: list[str]) -> list[PlacementRecord]:
+        """The placement records of ``resource_ids`` that exist, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for resource_id in resource_ids:
+            pipe.hgetall(self.key(resource_id))
+        found = (self._read(rid, flat) for rid, flat in zip(resource_ids, pipe.execute(),
+                                                             strict=True))
+        return [record for record in found if record is not None]
+
     def get_with_holder(self, resource_id: str,
                         claims: ClaimStore) -> tuple[PlacementRecord | None, str | None]:
         """The placement record of ``resource_id`` and the host its claim is on, in one

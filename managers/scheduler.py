@@ -261,7 +261,7 @@ class SchedulerManager(Manager):
         report: dict[str, list[str]] = {"moved": [], "failed": [], "unlisted": []}
         for service in placed_services(self.redis):
             claims, placements = self._stores_of(service)
-            records = [r for r in map(placements.get, placements.building()) if r is not None]
+            records = placements.get_many(placements.building())
             states = self.fleet.states(service, sorted({r.host for r in records}))
             for record in records:
                 state = states.get(record.host) or {"state": "down", "age": None}

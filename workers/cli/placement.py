@@ -37,12 +37,16 @@ def hosts(registry: Registry, service: str) -> list[dict[str, Any]]:
     reconciled = store.reconciliations()
     names = sorted(set(inventories) | set(usages))
     states = registry.states(service, names)
+    pipe = registry.redis.pipeline(transaction=False)
+    for host in names:
+        pipe.scard(store.key("claims", host))
+    counts = dict(zip(names, pipe.execute(), strict=True))
     rows = []
     for host in names:
         inventory = inventories.get(host, {})
         classes = inventory.get("classes") or {}
         usage = usages.get(host, {})
-        claims = int(registry.redis.scard(store.key("claims", host)))
+        claims = int(counts[host])
         per_class = {}
         for rc in sorted(set(classes) | set(usage)):
             offered = classes.get(rc) or {}
@@ -84,10 +88,33 @@ def _fixed(reconciled: dict[str, Any] | None) -> str:
 
 
 def disagreements(registry: Registry) -> list[dict[str, Any]]:
-    """Hosts whose claims and reported inventory disagree, with why (``taskyard status``)."""
-    return [{"service": row["service"], "host": row["host"], "why": row["disagrees"]}
-            for service in services_with_inventory(registry)
-            for row in hosts(registry, service) if row["disagrees"]]
+    """Hosts whose claims and reported inventory disagree, with why (``taskyard status``).
+
+    Reads each class's capacity and usage, and the reconciliations, whole:
+    a few hashes per service, whatever the number of hosts.
+    """
+    found = []
+    for service in services_with_inventory(registry):
+        store = ClaimStore(registry.redis, service)
+        per_host: dict[str, dict[str, dict[str, Any]]] = {}
+        for rc in store.resource_classes():
+            pipe = registry.redis.pipeline(transaction=False)
+            pipe.hgetall(store.key("capacity", rc))
+            pipe.hgetall(store.key("usage", rc))
+            capacities, usages = pipe.execute()
+            for raw, used in usages.items():
+                if int(used) <= 0:
+                    continue
+                host = raw.decode() if isinstance(raw, bytes) else raw
+                capacity = capacities.get(raw)
+                per_host.setdefault(host, {})[rc] = {
+                    "used": int(used), "capacity": None if capacity is None else int(capacity)}
+        reconciled = store.reconciliations()
+        for host in sorted(set(per_host) | set(reconciled)):
+            why = _disagreement(per_host.get(host, {}), reconciled.get(host))
+            if why:
+                found.append({"service": service, "host": host, "why": why})
+    return found
 
 
 def allocations(registry: Registry, service: str, host: str) -> list[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from drivers.scheduler.filters.base import HostFilter
 from drivers.scheduler.hosts import HostState, PlacementRequest
 
@@ -13,6 +15,26 @@ class CapacityFilter(HostFilter):
     allocation ratio) less every claim on it, as the candidates were read;
     the claim that follows checks again, atomically.
     """
+
+    def filter_all(self, hosts: Sequence[HostState], request: PlacementRequest
+                   ) -> tuple[list[HostState], dict[str, str]]:
+        if len(request.needs) != 1:
+            return super().filter_all(hosts, request)
+        # One need (the usual case): read what is free straight from the claims' counts.
+        ((name, least),) = request.needs.items()
+        kept: list[HostState] = []
+        removed: dict[str, str] = {}
+        for host in hosts:
+            have = host.free.get(name)
+            if have is not None and have >= least:
+                kept.append(host)
+            else:
+                reason = self.host_passes(host, request)
+                if reason is None:
+                    kept.append(host)
+                else:
+                    removed[host.host] = reason
+        return kept, removed
 
     def host_passes(self, host: HostState, request: PlacementRequest) -> str | None:
         for name, least in request.needs.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from drivers.scheduler.filters.base import HostFilter
 from drivers.scheduler.hosts import ZONE_HINT, HostState, PlacementRequest
 
@@ -13,6 +15,12 @@ class AvailabilityZoneFilter(HostFilter):
     """
 
     hints = (ZONE_HINT,)
+
+    def filter_all(self, hosts: Sequence[HostState], request: PlacementRequest
+                   ) -> tuple[list[HostState], dict[str, str]]:
+        if not request.hints.get(ZONE_HINT):
+            return list(hosts), {}  # no hint: every host passes
+        return super().filter_all(hosts, request)
 
     def host_passes(self, host: HostState, request: PlacementRequest) -> str | None:
         wanted = request.hints.get(ZONE_HINT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from drivers.scheduler.hosts import HostState, PlacementRequest
 from drivers.scheduler.weighers.base import HostWeigher
 
@@ -12,6 +14,16 @@ class CapacityWeigher(HostWeigher):
     A positive multiplier spreads work over the emptiest hosts; a negative
     one packs it onto the fullest.
     """
+
+    def weigh_all(self, hosts: Sequence[HostState], request: PlacementRequest) -> list[float]:
+        name = request.weigh_by or next(iter(request.needs), None)
+        if name is None:
+            return [0.0] * len(hosts)
+        found = []
+        for host in hosts:
+            have = host.free.get(name)
+            found.append(float(have) if have is not None else self.weigh(host, request))
+        return found
 
     def weigh(self, host: HostState, request: PlacementRequest) -> float:
         name = request.weigh_by or next(iter(request.needs), None)
