@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import durable, monitoring, scale
+from bench import durable, monitoring, placement, scale
 from bench.report import progress, table, write_json
 from bench.suite import Options, run
 
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return monitoring.main(argv[1:])
     if argv[:1] == ["durable"]:
         return durable.main(argv[1:])
+    if argv[:1] == ["placement"]:
+        return placement.main(argv[1:])
     args = parse_args(argv)
     options = Options.quick() if args.quick else Options.full()
     options = options.replace(loglevel=args.loglevel, **({"reps": args.reps} if args.reps else {}))

@@ -166,17 +166,20 @@ local function reindex(p, rc, host, used, zone)
 end
 """
 
-# Claim. KEYS: claim, claims:<host>. ARGV: prefix, id, host, force ('1': no capacity
-# check), now, then class, amount pairs. Returns {1, host, new} or {0, why, ...}.
+# Claim. KEYS: claim, claims:<host>, and optionally a record to write with it and a sorted
+# set to add the id to. ARGV: prefix, id, host, force ('1': no capacity check), now, the
+# number n of record arguments, n record field/value arguments, then class, amount pairs.
+# Returns {1, host, new} or {0, why, ...}.
 _CLAIM = _REINDEX + """
 local p, id, host, force = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local first = 7 + tonumber(ARGV[6])
 local holder = redis.call('HGET', KEYS[1], 'host')
 if holder then
   if holder == host then return {1, host, 0} end
   return {0, 'held', holder}
 end
 if not force then
-  for i = 6, #ARGV, 2 do
+  for i = first, #ARGV, 2 do
     local rc, amount = ARGV[i], tonumber(ARGV[i + 1])
     if amount > 0 then
       local cap = redis.call('HGET', p..':capacity:'..rc, host)
@@ -188,12 +191,17 @@ if not force then
 end
 local zone = redis.call('HGET', p..':zone', host)
 redis.call('HSET', KEYS[1], 'host', host, 'at', ARGV[5])
-for i = 6, #ARGV, 2 do
+for i = first, #ARGV, 2 do
   local rc, amount = ARGV[i], tonumber(ARGV[i + 1])
   redis.call('HSET', KEYS[1], 'rc:'..rc, amount)
   reindex(p, rc, host, redis.call('HINCRBY', p..':usage:'..rc, host, amount), zone)
 end
 redis.call('SADD', KEYS[2], id)
+if #KEYS == 4 then
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], unpack(ARGV, 7, first - 1))
+  redis.call('ZADD', KEYS[4], ARGV[5], id)
+end
 return {1, host, 1}
 """
 
@@ -376,20 +384,29 @@ class ClaimStore:
     # -- claims ------------------------------------------------------------------
 
     def claim(self, resource_id: str, host: str, amounts: Mapping[str, float], *,
-              force: bool = False) -> ClaimResult:
+              force: bool = False,
+              record: tuple[str, Mapping[str, Any], str] | None = None) -> ClaimResult:
         """Take ``amounts`` of ``host``'s capacity for ``resource_id``, all or nothing.
 
         Claiming again on the same host changes nothing (and succeeds); a
         resource claimed on another host is refused (``holder``). ``force``
         skips the capacity check: for what a host already holds (a resource
-        created on it directly, found by the reconciliation).
+        created on it directly, found by the reconciliation). ``record``
+        (``key, fields, sorted set``): a hash written, and the id added to the
+        sorted set, in the same step when the claim is new (a placement's record).
         """
-        args: list[Any] = [self.prefix, resource_id, host, "1" if force else "0",
-                           f"{time.time():.3f}"]
+        now = f"{time.time():.3f}"
+        keys = [self.key("claim", resource_id), self.key("claims", host)]
+        fields: list[Any] = []
+        if record is not None:
+            keys += [record[0], record[2]]
+            for name, value in record[1].items():
+                fields += [name, value]
+        args: list[Any] = [self.prefix, resource_id, host, "1" if force else "0", now,
+                           len(fields), *fields]
         for rc, amount in amounts.items():
             args += [rc, int(amount)]
-        reply = self._claim(keys=[self.key("claim", resource_id), self.key("claims", host)],
-                            args=args)
+        reply = self._claim(keys=keys, args=args)
         if int(reply[0]) == 1:
             return ClaimResult(True, host, new=bool(int(reply[2])))
         why = _text(reply[1])

@@ -163,17 +163,14 @@ class Placements:
     def key(self, resource_id: str) -> str:
         return placement_key(self.service, "placement", resource_id)
 
-    def start(self, record: PlacementRecord) -> None:
-        """Record a new placement, its build under way."""
-        fields = {"host": record.host, "state": record.state, "max_attempts": record.max_attempts,
-                  "at": record.at}
+    def recording(self, record: PlacementRecord) -> tuple[str, dict[str, Any], str]:
+        """What :meth:`ClaimStore.claim` writes with the claim to start ``record`` (its key,
+        its fields, the set of builds under way)."""
+        fields: dict[str, Any] = {"host": record.host, "state": record.state,
+                                  "max_attempts": record.max_attempts, "at": record.at}
         fields.update({name: json.dumps(getattr(record, name), separators=(",", ":"))
                        for name in _JSON_FIELDS})
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.key(record.id))
-        pipe.hset(self.key(record.id), mapping=fields)
-        pipe.zadd(self.building_key, {record.id: record.at})
-        pipe.execute()
+        return self.key(record.id), fields, self.building_key
 
     def get(self, resource_id: str) -> PlacementRecord | None:
         return self._read(resource_id, self.redis.hgetall(self.key(resource_id)))

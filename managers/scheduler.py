@@ -131,14 +131,13 @@ class SchedulerManager(Manager):
             self._remembered.add(service)
         request = PlacementRequest(service, amounts, weigh_by=next(iter(amounts)), hints=hints,
                                    resource_hosts=self._resource_hosts(service, hints))
-        chosen, alternates, decision = self._claim(claims, request, resource_id, placement.kind)
         context = self.context
         record = PlacementRecord(
-            resource_id, chosen, BUILDING, alternates, [], amounts,
+            resource_id, "", BUILDING, [], [], amounts,
             {"service": service, "method": placement.creates, "kwargs": kwargs,
              "headers": context.as_headers() if context else {}},
-            decision, self.driver.max_attempts, round(time.time(), 3))
-        placements.start(record)
+            {}, self.driver.max_attempts, round(time.time(), 3))
+        self._claim(claims, placements, request, record, placement.kind)
         return self._hand_on(service, placement, record, kwargs)
 
     @endpoint
@@ -205,21 +204,25 @@ class SchedulerManager(Manager):
         states = self.fleet.states(request.service, [c.host for c in found])
         return [_host_state(c, states.get(c.host)) for c in found]
 
-    def _claim(self, claims: ClaimStore, request: PlacementRequest, resource_id: str,
-               kind: str) -> tuple[str, list[str], dict[str, Any]]:
-        """Claim on the best host that still has room; the host, its alternates, the why."""
+    def _claim(self, claims: ClaimStore, placements: Placements, request: PlacementRequest,
+               record: PlacementRecord, kind: str) -> None:
+        """Claim on the best host that still has room, and start ``record`` there in the same
+        step (its host, alternates and why filled in)."""
         raced: dict[str, str] = {}
         for _ in range(CLAIM_ROUNDS):
             hosts = self._candidates(claims, request)
             selection = self.driver.select_destinations(request, hosts)
             for i, host in enumerate(selection.hosts):
-                result = claims.claim(resource_id, host, request.needs)
+                record.host = host
+                record.alternates = selection.hosts[i + 1:i + self.driver.max_attempts]
+                record.decision = _decision(selection, host, request, raced)
+                result = claims.claim(record.id, host, request.needs,
+                                      record=placements.recording(record))
                 if result.ok:
-                    alternates = selection.hosts[i + 1:i + self.driver.max_attempts]
-                    return host, alternates, _decision(selection, host, request, raced)
+                    return
                 if result.why == "held":
-                    raise Conflict(f"{kind} {resource_id} already holds a claim on "
-                                   f"{result.holder}", {"id": resource_id})
+                    raise Conflict(f"{kind} {record.id} already holds a claim on "
+                                   f"{result.holder}", {"id": record.id})
                 raced[host] = result.reason(request.needs)
         shown = ", ".join(f"{h} ({why})" for h, why in list(raced.items())[:10])
         raise NoValidHost(
