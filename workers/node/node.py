@@ -73,6 +73,9 @@ class Heartbeat(threading.Thread):
                 capabilities = manager.capabilities()
             except Exception as exc:
                 capabilities = {"error": f"{type(exc).__name__}: {exc}"}
+            # Inventory first: once a node is seen up, placement finds what it offers.
+            if getattr(manager, "placement", None) is not None:
+                self.report_inventory(service, manager)
             self.node.registry.report(service, self.node.host, {
                 "service": service,
                 "host": self.node.host,
@@ -83,8 +86,6 @@ class Heartbeat(threading.Thread):
                 "report_count": self.report_count,
                 "capabilities": capabilities,
             })
-            if getattr(manager, "placement", None) is not None:
-                self.report_inventory(service, manager)
         self.node.housekeeping()
 
     def report_inventory(self, service: str, manager: Manager) -> None:
