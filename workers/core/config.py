@@ -370,11 +370,15 @@ def _inventory(key: str, table: Any) -> dict[str, dict[str, float]]:
     if not isinstance(table, Mapping):
         raise ConfigError(f"settings key {key!r} = {table!r}: {expected}")
     found: dict[str, dict[str, float]] = {}
-    for rc, entry in table.items():
+    for name, entry in table.items():
+        # Settings keys arrive lower-cased (dynaconf); resource classes are upper-case.
+        rc = str(name).upper()
         where = f"{key}.{rc}"
-        if not _RESOURCE_CLASS_RE.match(str(rc)):
+        if not _RESOURCE_CLASS_RE.match(rc):
             raise ConfigError(f"settings key {where!r}: {rc!r} is not a resource class name "
-                              "(upper-case letters, digits and '_', e.g. DISK_GB)")
+                              "(letters, digits and '_', e.g. DISK_GB)")
+        if isinstance(entry, Mapping):  # keys set from the environment arrive upper-case
+            entry = {str(k).lower(): v for k, v in entry.items()}
         if not isinstance(entry, Mapping) or set(entry) - {"reserved", "allocation_ratio"}:
             raise ConfigError(f"settings key {where!r} = {entry!r}: {expected}")
         reserved = entry.get("reserved", 0)
@@ -385,7 +389,7 @@ def _inventory(key: str, table: Any) -> dict[str, dict[str, float]]:
         if not (_is_number(ratio) and ratio > 0):
             raise ConfigError(f"settings key '{where}.allocation_ratio' = {ratio!r}: expected "
                               "a number greater than 0 (1.0: no over-commit)")
-        found[str(rc)] = {"reserved": int(reserved), "allocation_ratio": float(ratio)}
+        found[rc] = {"reserved": int(reserved), "allocation_ratio": float(ratio)}
     return found
 
 
