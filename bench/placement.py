@@ -14,8 +14,12 @@ redis-server:
   ``reserved``), then ``--burst`` placements of 1 GiB are sent at once
   (``cast_many`` on the scheduler's shared queue, which both scheduler nodes
   take from) and waited for. It reports how many were placed, how many hosts
-  ended over their capacity (claims counted from Redis), and the rate: the
-  burst divided by the time from the first send to the last answer.
+  ended over their capacity (claims counted from Redis), the rate (the burst
+  divided by the time from the first send to the last answer), and the CPU
+  the scheduler nodes, redis-server and the caller spent per placement.
+- **for comparison**, in the same run: a ``ping`` through the scheduler (p50,
+  taken in turn with the placements) and a burst of as many pings: what any
+  request costs on this machine at this moment, placement or not.
 
 The hand-ons go to simulated hosts' queues, which nobody consumes: they are
 emptied after each phase, and the placement keys cleared. The targets: p50 ≤
@@ -34,6 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 from bench.harness import Worker, child_environment, node_command, percentile, wait_for
@@ -91,12 +96,13 @@ def over_capacity(claims: ClaimStore) -> tuple[int, int]:
     return over, sum(int(used) for used in usage.values())
 
 
-def burst(app: Taskyard, count: int) -> tuple[float, int, int]:
-    """``count`` placements at once; seconds from the first send to the last answer, how
-    many were placed, how many found no host."""
+def burst(app: Taskyard, count: int, method: str = "schedule_create_volume",
+          **kwargs: Any) -> tuple[float, int, int]:
+    """``count`` requests at once; seconds from the first send to the last answer, how
+    many succeeded, how many found no host."""
     scheduler = Client("scheduler", app=app)
     started = time.perf_counter()
-    handles = scheduler.cast_many("schedule_create_volume", [{"size_gb": 1}] * count)
+    handles = scheduler.cast_many(method, [kwargs] * count)
     placed = refused = 0
     for handle in handles:
         try:
@@ -105,6 +111,26 @@ def burst(app: Taskyard, count: int) -> tuple[float, int, int]:
         except NoValidHost:
             refused += 1
     return time.perf_counter() - started, placed, refused
+
+
+def cpu_of(nodes: list[Worker], server: RedisServer) -> tuple[float, float, float]:
+    """CPU seconds so far of the scheduler nodes, of redis-server, and of this process."""
+    assert server.process is not None
+    redis_cpu = psutil.Process(server.process.pid).cpu_times()
+    return (sum(node.cpu_seconds() for node in nodes), redis_cpu.user + redis_cpu.system,
+            time.process_time())
+
+
+def measured_burst(app: Taskyard, count: int, nodes: list[Worker], server: RedisServer,
+                   method: str = "schedule_create_volume", **kwargs: Any) -> dict[str, float]:
+    """A burst, with the CPU each side spent per request (ms)."""
+    before = cpu_of(nodes, server)
+    seconds, placed, refused = burst(app, count, method, **kwargs)
+    after = cpu_of(nodes, server)
+    nodes_ms, redis_ms, client_ms = ((b - a) * 1000 / count for a, b in zip(before, after,
+                                                                             strict=True))
+    return {"s": seconds, "per_s": count / seconds, "placed": placed, "refused": refused,
+            "nodes_cpu_ms": nodes_ms, "redis_cpu_ms": redis_ms, "client_cpu_ms": client_ms}
 
 
 def run(sizes: Sequence[int], count: int, samples: int, schedulers: int, pool: str,
@@ -138,11 +164,14 @@ def run(sizes: Sequence[int], count: int, samples: int, schedulers: int, pool: s
             log(f"placement: {size:,} hosts with room; {samples} placements one at a time")
             for _ in range(10):  # the scheduler's first requests load and connect
                 placer.call("schedule_create_volume", size_gb=1)
-            latencies = []
-            for _ in range(samples):
+            latencies, pings = [], []
+            for _ in range(samples):  # placements and pings in turn: the same machine load
                 started = time.perf_counter()
                 placer.call("schedule_create_volume", size_gb=1)
                 latencies.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                placer.call("ping")
+                pings.append(time.perf_counter() - started)
             clear(records)
             room = random.sample(names, count) if size >= count else names
             capacities = dict.fromkeys(names, 0)
@@ -151,14 +180,23 @@ def run(sizes: Sequence[int], count: int, samples: int, schedulers: int, pool: s
             report_hosts(registry, claims, capacities)
             log(f"placement: {size:,} hosts with {count:,} GiB free in all; a burst of "
                 f"{count:,}")
-            seconds, placed, refused = burst(app, count)
+            placing = measured_burst(app, count, nodes, server, size_gb=1)
             over, claimed = over_capacity(claims)
-            rows.append({"hosts": size, "p50_s": percentile(latencies, 0.5),
-                         "p99_s": percentile(latencies, 0.99), "burst": count,
-                         "burst_placed": placed, "burst_refused": refused,
-                         "burst_claimed_gb": claimed, "burst_over_capacity": over,
-                         "burst_s": seconds, "burst_per_s": count / seconds})
             clear(records)
+            log(f"placement: the same burst of {count:,} pings, for comparison")
+            pinging = measured_burst(app, count, nodes, server, "ping")
+            rows.append({"hosts": size, "p50_s": percentile(latencies, 0.5),
+                         "p99_s": percentile(latencies, 0.99),
+                         "ping_p50_s": percentile(pings, 0.5), "burst": count,
+                         "burst_placed": placing["placed"], "burst_refused": placing["refused"],
+                         "burst_claimed_gb": claimed, "burst_over_capacity": over,
+                         "burst_s": placing["s"], "burst_per_s": placing["per_s"],
+                         "burst_nodes_cpu_ms": placing["nodes_cpu_ms"],
+                         "burst_redis_cpu_ms": placing["redis_cpu_ms"],
+                         "burst_client_cpu_ms": placing["client_cpu_ms"],
+                         "ping_per_s": pinging["per_s"],
+                         "ping_nodes_cpu_ms": pinging["nodes_cpu_ms"],
+                         "ping_redis_cpu_ms": pinging["redis_cpu_ms"]})
         app.close()
         return rows
     finally:
@@ -183,10 +221,17 @@ def met(rows: list[dict[str, Any]], key: str) -> tuple[str, bool | None]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     columns = [("placement p50 (ms)", "p50_s", 1000, 1), ("placement p99 (ms)", "p99_s", 1000, 1),
+               ("a ping through the scheduler, p50 (ms)", "ping_p50_s", 1000, 1),
                ("burst: placements per second", "burst_per_s", 1, 0),
                ("burst: placed", "burst_placed", 1, 0),
                ("burst: found no host", "burst_refused", 1, 0),
-               ("burst: hosts over capacity", "burst_over_capacity", 1, 0)]
+               ("burst: hosts over capacity", "burst_over_capacity", 1, 0),
+               ("burst: scheduler nodes' CPU per placement (ms)", "burst_nodes_cpu_ms", 1, 2),
+               ("burst: redis-server's CPU per placement (ms)", "burst_redis_cpu_ms", 1, 2),
+               ("burst: the caller's CPU per placement (ms)", "burst_client_cpu_ms", 1, 2),
+               ("the same burst of pings per second", "ping_per_s", 1, 0),
+               ("pings: scheduler nodes' CPU per ping (ms)", "ping_nodes_cpu_ms", 1, 2),
+               ("pings: redis-server's CPU per ping (ms)", "ping_redis_cpu_ms", 1, 2)]
     head = ["figure"] + [f"{r['hosts']:,} hosts" for r in rows] + ["per 1,000 hosts", "target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, key, scale, digits in columns:

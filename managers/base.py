@@ -23,9 +23,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from drivers.exceptions import NoValidHost
 from managers.builds import Build
@@ -33,6 +33,9 @@ from managers.claims import ClaimStore, Inventory
 from managers.forwarding import Forward
 from managers.placement import Placement, Placements
 from managers.records import RecordStore, now
+
+if TYPE_CHECKING:  # a caller imports this module: it loads no scheduler driver code
+    from drivers.scheduler.hosts import HostState
 
 __all__ = [
     "Fleet", "Forward", "Manager", "PeriodicSpec", "RequestContext", "current_context",
@@ -160,6 +163,13 @@ class Fleet(Protocol):
     def cast(self, service: str, method: str, /, host: str | None = None,
              **kwargs: Any) -> str:
         """Send ``method`` to ``service`` (on ``host``'s own queue when given); the task id."""
+        ...
+
+    def candidates(self, service: str, needs: Mapping[str, float], limit: int, *,
+                   zone: str | None = None, include: Sequence[str] = ()) -> list[HostState]:
+        """Up to ``limit`` hosts of ``service`` with the most free of the first resource class
+        of ``needs`` (of ``zone`` only, when given), and the hosts ``include`` names, each
+        with its state, zone, what it has free (from claims) and its failed builds."""
         ...
 
     def states(self, service: str, hosts: list[str]) -> dict[str, dict[str, Any]]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,8 @@ class Candidate:
     free: dict[str, float]
     zone: str
     failures: int
+    #: Its fields in the hashes :meth:`ClaimStore.candidates` was asked to read along.
+    also: tuple[Any, ...] = ()
 
 
 # Inventory report. ARGV: prefix, host, zone, JSON document, listed ('1': in the index),
@@ -285,21 +287,24 @@ end
 return changed
 """
 
-# The freest hosts of an index, with their zone, failures and what is free of the other
-# classes. ARGV: prefix, index key, limit, other classes... Returns {hosts, scores,
-# zones, failures, other...} as flat lists.
+# The freest hosts of an index, with their zone, failures, what is free of the other
+# classes, and their fields in other hashes keyed by host. KEYS: the index, then those
+# hashes. ARGV: prefix, limit, other classes... Returns {hosts, scores, zones, failures,
+# {seconds, microseconds} of the server's clock, a list per hash, a list per class}.
 _CANDIDATES = """
 local p = ARGV[1]
-local found = redis.call('ZREVRANGE', ARGV[2], 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
+local found = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
 local hosts, scores = {}, {}
 for i = 1, #found, 2 do
   table.insert(hosts, found[i])
   table.insert(scores, found[i + 1])
 end
-if #hosts == 0 then return {{}, {}, {}, {}} end
-local out = {hosts, scores, redis.call('HMGET', p..':zone', unpack(hosts)),
-             redis.call('HMGET', p..':failures', unpack(hosts))}
-for i = 4, #ARGV do
+local out = {hosts, scores, {}, {}, redis.call('TIME')}
+if #hosts == 0 then return out end
+out[3] = redis.call('HMGET', p..':zone', unpack(hosts))
+out[4] = redis.call('HMGET', p..':failures', unpack(hosts))
+for i = 2, #KEYS do table.insert(out, redis.call('HMGET', KEYS[i], unpack(hosts))) end
+for i = 3, #ARGV do
   table.insert(out, redis.call('ZMSCORE', p..':free:'..ARGV[i], unpack(hosts)))
 end
 return out
@@ -481,18 +486,21 @@ class ClaimStore:
 
     # -- reading candidates ---------------------------------------------------------
 
-    def candidates(self, needs: Mapping[str, float], limit: int,
-                   zone: str | None = None) -> list[Candidate]:
+    def candidates(self, needs: Mapping[str, float], limit: int, zone: str | None = None,
+                   also: Sequence[str] = ()) -> tuple[list[Candidate], float]:
         """Up to ``limit`` hosts with the most free of the first class of ``needs`` (in
-        ``zone`` only, when given), freest first, with what they have free of every class."""
+        ``zone`` only, when given), freest first, with what they have free of every class,
+        and the server's clock (seconds). ``also``: hashes keyed by host whose field of each
+        candidate comes along, in one round trip (``Candidate.also``)."""
         classes = list(needs)
         if not classes:
-            return []
+            return [], time.time()
         first, others = classes[0], classes[1:]
-        reply = self._candidates(keys=[], args=[self.prefix, self.index_key(first, zone),
-                                                limit, *others])
-        hosts, scores, zones, failures = reply[:4]
-        extra = reply[4:]
+        reply = self._candidates(keys=[self.index_key(first, zone), *also],
+                                 args=[self.prefix, limit, *others])
+        hosts, scores, zones, failures, (seconds, micros) = reply[:5]
+        along = reply[5:5 + len(also)]
+        extra = reply[5 + len(also):]
         found = []
         for i, raw in enumerate(hosts):
             free = {first: float(scores[i])}
@@ -501,8 +509,9 @@ class ClaimStore:
                 if value is not None:
                     free[rc] = float(value)
             found.append(Candidate(_text(raw), free, _text(zones[i]) if zones[i] else "",
-                                   int(failures[i]) if failures[i] else 0))
-        return found
+                                   int(failures[i]) if failures[i] else 0,
+                                   tuple(values[i] for values in along)))
+        return found, float(seconds) + float(micros) / 1e6
 
     def hosts(self, names: list[str], classes: list[str]) -> list[Candidate]:
         """``names`` as candidates, counted from their capacity and usage (whether or not they

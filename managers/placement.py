@@ -184,17 +184,6 @@ class Placements:
                                                              strict=True))
         return [record for record in found if record is not None]
 
-    def get_with_holder(self, resource_id: str,
-                        claims: ClaimStore) -> tuple[PlacementRecord | None, str | None]:
-        """The placement record of ``resource_id`` and the host its claim is on, in one
-        round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.key(resource_id))
-        pipe.hget(claims.key("claim", resource_id), "host")
-        flat, holder = pipe.execute()
-        return self._read(resource_id, flat), (
-            holder.decode() if isinstance(holder, bytes) else holder)
-
     def _read(self, resource_id: str, flat: Mapping[Any, Any]) -> PlacementRecord | None:
         if not flat:
             return None

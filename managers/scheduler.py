@@ -37,7 +37,7 @@ from drivers.exceptions import NoValidHost
 from drivers.scheduler.base import HostState, PlacementRequest, SchedulerDriver, Selection
 from drivers.scheduler.hosts import AFFINITY_HINT, ANTI_AFFINITY_HINT, ZONE_HINT
 from managers.base import Manager, endpoint, periodic_task
-from managers.claims import Candidate, ClaimStore, placed_services, remember_service
+from managers.claims import ClaimStore, placed_services, remember_service
 from managers.exceptions import Conflict, InvalidRequest, NotFound
 from managers.placement import (
     BUILDING,
@@ -120,12 +120,6 @@ class SchedulerManager(Manager):
                                  {"argument": placement.id_argument})
         claims, placements = self._stores_of(service)
         kwargs = {**arguments, placement.id_argument: resource_id}
-        earlier, holder = placements.get_with_holder(resource_id, claims)
-        if earlier is not None and earlier.state != FAILED:
-            return self._hand_on(service, placement, earlier, kwargs, again=True)
-        if holder is not None:
-            raise Conflict(f"{placement.kind} {resource_id} already holds a claim on {holder}",
-                           {"id": resource_id, "host": holder})
         if service not in self._remembered:
             remember_service(self.redis, service)
             self._remembered.add(service)
@@ -137,7 +131,17 @@ class SchedulerManager(Manager):
             {"service": service, "method": placement.creates, "kwargs": kwargs,
              "headers": context.as_headers() if context else {}},
             {}, self.driver.max_attempts, round(time.time(), 3))
-        self._claim(claims, placements, request, record, placement.kind)
+        try:
+            self._claim(claims, placements, request, record)
+        except _AlreadyClaimed as claimed:
+            # Placed before: this request delivered again (its id comes from its task id)
+            # gets the first placement's answer; another request naming it is refused.
+            earlier = placements.get(resource_id)
+            if earlier is None or earlier.state == FAILED:
+                raise Conflict(f"{placement.kind} {resource_id} already holds a claim on "
+                               f"{claimed.holder}", {"id": resource_id,
+                                                     "host": claimed.holder}) from None
+            return self._hand_on(service, placement, earlier, kwargs, again=True)
         return self._hand_on(service, placement, record, kwargs)
 
     @endpoint
@@ -193,24 +197,20 @@ class SchedulerManager(Manager):
                            f"{', '.join(missing)}", {"id": missing[0]})
         return found
 
-    def _candidates(self, claims: ClaimStore, request: PlacementRequest) -> list[HostState]:
+    def _candidates(self, request: PlacementRequest) -> list[HostState]:
         """The freest hosts from the index (and the hosts affinity names), with their state."""
-        zone = request.hints.get(ZONE_HINT) or None
-        found = claims.candidates(request.needs, self.driver.max_candidates, zone=zone)
         near = {request.resource_hosts[rid] for rid in request.hint_ids(AFFINITY_HINT)}
-        extra = sorted(near - {c.host for c in found})
-        if extra:
-            found += claims.hosts(extra, list(request.needs))
-        states = self.fleet.states(request.service, [c.host for c in found])
-        return [_host_state(c, states.get(c.host)) for c in found]
+        return self.fleet.candidates(request.service, request.needs, self.driver.max_candidates,
+                                     zone=request.hints.get(ZONE_HINT) or None,
+                                     include=sorted(near))
 
     def _claim(self, claims: ClaimStore, placements: Placements, request: PlacementRequest,
-               record: PlacementRecord, kind: str) -> None:
+               record: PlacementRecord) -> None:
         """Claim on the best host that still has room, and start ``record`` there in the same
         step (its host, alternates and why filled in)."""
         raced: dict[str, str] = {}
         for _ in range(CLAIM_ROUNDS):
-            hosts = self._candidates(claims, request)
+            hosts = self._candidates(request)
             selection = self.driver.select_destinations(request, hosts)
             for i, host in enumerate(selection.hosts):
                 record.host = host
@@ -218,11 +218,10 @@ class SchedulerManager(Manager):
                 record.decision = _decision(selection, host, request, raced)
                 result = claims.claim(record.id, host, request.needs,
                                       record=placements.recording(record))
-                if result.ok:
+                if result.ok and result.new:
                     return
-                if result.why == "held":
-                    raise Conflict(f"{kind} {record.id} already holds a claim on "
-                                   f"{result.holder}", {"id": record.id})
+                if result.ok or result.why == "held":
+                    raise _AlreadyClaimed(result.holder or host)
                 raced[host] = result.reason(request.needs)
         shown = ", ".join(f"{h} ({why})" for h, why in list(raced.items())[:10])
         raise NoValidHost(
@@ -320,10 +319,12 @@ class SchedulerManager(Manager):
         return {"driver": type(self.driver).__name__}
 
 
-def _host_state(candidate: Candidate, state: Mapping[str, Any] | None) -> HostState:
-    state = state or {"state": "down", "age": None}
-    return HostState(candidate.host, str(state["state"]), {}, state.get("disabled_reason"),
-                     state.get("age"), candidate.zone, candidate.free, candidate.failures)
+class _AlreadyClaimed(Exception):
+    """The resource a placement is for already holds a claim (on ``holder``)."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
 
 
 def _decision(selection: Selection, chosen: str, request: PlacementRequest,

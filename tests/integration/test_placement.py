@@ -44,7 +44,7 @@ def fleet(start_node: Callable[..., Node], registry: Registry) -> dict[str, Node
     for node in nodes.values():
         node.wait_up(registry, node.services)
     claims = ClaimStore(registry.redis, "volume")
-    wait_for(lambda: len(claims.candidates({"DISK_GB": 1}, 10)) == 3, 10,
+    wait_for(lambda: len(claims.candidates({"DISK_GB": 1}, 10)[0]) == 3, 10,
              "the volume nodes to report their inventory")
     return nodes
 

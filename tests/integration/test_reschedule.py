@@ -68,7 +68,7 @@ def test_a_host_whose_backend_fails_every_build_has_its_requests_built_on_the_he
     volume_nodes("vol-bad", total_gb=100, fail='["create_volume"]')
     volume_nodes("vol-good", total_gb=40)
     claims = ClaimStore(registry.redis, "volume")
-    wait_for(lambda: len(claims.candidates({"DISK_GB": 1}, 10)) == 2, 10, "both inventories")
+    wait_for(lambda: len(claims.candidates({"DISK_GB": 1}, 10)[0]) == 2, 10, "both inventories")
     with ThreadPoolExecutor(max_workers=8) as pool:
         outcomes = list(pool.map(lambda _: place(client_app, 2), range(8)))
     volumes = [o["volume"] for o in outcomes]
@@ -94,7 +94,7 @@ def test_a_host_killed_mid_build_has_the_request_rescheduled_and_its_claim_relea
     slow = volume_nodes("vol-slow", total_gb=100, create_seconds=60)
     volume_nodes("vol-spare", total_gb=40)
     claims = ClaimStore(registry.redis, "volume")
-    wait_for(lambda: len(claims.candidates({"DISK_GB": 1}, 10)) == 2, 10, "both inventories")
+    wait_for(lambda: len(claims.candidates({"DISK_GB": 1}, 10)[0]) == 2, 10, "both inventories")
     placed = Client("scheduler", app=client_app).call("schedule_create_volume", size_gb=3)
     assert placed["host"] == "vol-slow" and placed["alternates"] == ["vol-spare"]
     handle = Client("volume", app=client_app).handle(placed["task_id"])

@@ -7,18 +7,22 @@ it whether an alternate is up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from drivers.scheduler.hosts import HostState
 from managers.base import Manager
+from managers.claims import ClaimStore
 from managers.placement import Placement
 
 
 class FakeFleet:
     """Hosts by service with their state (``up`` unless set), and the requests sent."""
 
-    def __init__(self, hosts: Mapping[str, Any] | None = None,
+    def __init__(self, records: Any = None, hosts: Mapping[str, Any] | None = None,
                  placements: Mapping[str, type[Manager]] | None = None) -> None:
+        #: Where the services' claims are (what candidates are read from).
+        self.records = records
         #: service -> host -> {state, age, disabled_reason} (or a list of registry entries).
         self._states: dict[str, dict[str, dict[str, Any]]] = {}
         self._entries: dict[str, list[dict[str, Any]]] = {}
@@ -44,6 +48,16 @@ class FakeFleet:
         known = self._states.get(service, {})
         return {h: known.get(h, {"state": "up", "age": 0.5, "alive": True,
                                  "disabled_reason": None}) for h in hosts}
+
+    def candidates(self, service: str, needs: Mapping[str, float], limit: int, *,
+                   zone: str | None = None, include: Sequence[str] = ()) -> list[HostState]:
+        store = ClaimStore(self.records, service)
+        found, _ = store.candidates(needs, limit, zone)
+        extra = [h for h in include if h not in {c.host for c in found}]
+        found += store.hosts(extra, list(needs)) if extra else []
+        states = self.states(service, [c.host for c in found])
+        return [HostState(c.host, states[c.host]["state"], {}, states[c.host]["disabled_reason"],
+                          states[c.host]["age"], c.zone, c.free, c.failures) for c in found]
 
     def placement(self, service: str) -> Placement | None:
         return self._placements.get(service)

@@ -37,8 +37,8 @@ def records() -> fakeredis.FakeRedis:
 
 
 @pytest.fixture
-def fleet() -> FakeFleet:
-    return FakeFleet(placements=MANAGERS)
+def fleet(records: Any) -> FakeFleet:
+    return FakeFleet(records, placements=MANAGERS)
 
 
 @pytest.fixture

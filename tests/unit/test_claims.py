@@ -58,7 +58,7 @@ def test_a_claim_takes_capacity_and_a_release_gives_it_back_at_once(client: Any)
     assert store.usage("a") == {"DISK_GB": 6}
     assert store.release("v1") == "a"
     assert store.claim("v2", "a", {"DISK_GB": 5}).ok
-    assert [c.free for c in store.candidates({"DISK_GB": 1}, 10)] == [{"DISK_GB": 5.0}]
+    assert [c.free for c in store.candidates({"DISK_GB": 1}, 10)[0]] == [{"DISK_GB": 5.0}]
 
 
 def test_a_claim_is_all_or_nothing_across_resource_classes(client: Any) -> None:
@@ -97,13 +97,13 @@ def test_the_index_lists_the_freest_hosts_first_and_per_zone(client: Any) -> Non
     store.report_inventory("b", {"DISK_GB": Inventory(30)}, zone="az2")
     store.report_inventory("c", {"DISK_GB": Inventory(20)}, zone="az1")
     store.claim("v1", "c", {"DISK_GB": 15})
-    assert [c.host for c in store.candidates({"DISK_GB": 1}, 10)] == ["b", "a", "c"]
-    assert [(c.host, c.zone) for c in store.candidates({"DISK_GB": 1}, 10, zone="az1")] == [
+    assert [c.host for c in store.candidates({"DISK_GB": 1}, 10)[0]] == ["b", "a", "c"]
+    assert [(c.host, c.zone) for c in store.candidates({"DISK_GB": 1}, 10, zone="az1")[0]] == [
         ("a", "az1"), ("c", "az1")]
-    assert [c.host for c in store.candidates({"DISK_GB": 1}, 1)] == ["b"]
+    assert [c.host for c in store.candidates({"DISK_GB": 1}, 1)[0]] == ["b"]
     # A host that moves to another zone leaves the old zone's index.
     store.report_inventory("a", {"DISK_GB": Inventory(10)}, zone="az2")
-    assert [c.host for c in store.candidates({"DISK_GB": 1}, 10, zone="az1")] == ["c"]
+    assert [c.host for c in store.candidates({"DISK_GB": 1}, 10, zone="az1")[0]] == ["c"]
 
 
 def test_a_host_that_takes_no_new_work_leaves_the_index_and_returns_with_its_report(
@@ -112,12 +112,12 @@ def test_a_host_that_takes_no_new_work_leaves_the_index_and_returns_with_its_rep
     store = store_of(client)
     fleet(store, a=10, b=10)
     store.report_inventory("a", {"DISK_GB": Inventory(10)}, listed=False)
-    assert [c.host for c in store.candidates({"DISK_GB": 1}, 10)] == ["b"]
+    assert [c.host for c in store.candidates({"DISK_GB": 1}, 10)[0]] == ["b"]
     store.claim("v1", "b", {"DISK_GB": 1})  # a claim updates members only: a stays out
     store.unlist("b")
-    assert store.candidates({"DISK_GB": 1}, 10) == []
+    assert store.candidates({"DISK_GB": 1}, 10)[0] == []
     fleet(store, a=10)
-    assert [c.host for c in store.candidates({"DISK_GB": 1}, 10)] == ["a"]
+    assert [c.host for c in store.candidates({"DISK_GB": 1}, 10)[0]] == ["a"]
 
 
 def test_a_resize_grows_only_within_the_capacity_and_shrinks_freely(client: Any) -> None:
@@ -140,7 +140,7 @@ def test_usage_is_counted_again_from_the_claims_when_it_drifted(client: Any) -> 
     client.hset(store.key("usage", "DISK_GB"), "a", 9)  # bookkeeping gone wrong
     assert store.recount("a") == {"DISK_GB": (9, 3)}
     assert store.usage("a") == {"DISK_GB": 3}
-    assert store.candidates({"DISK_GB": 1}, 1)[0].free == {"DISK_GB": 7.0}
+    assert store.candidates({"DISK_GB": 1}, 1)[0][0].free == {"DISK_GB": 7.0}
     assert store.recount("a") == {}
 
 
@@ -263,7 +263,7 @@ def _replay(client: Any, operations: list[tuple[Any, ...]]) -> None:
             usage = store.usage(host)
             for rc in ("DISK_GB", "SLOTS"):
                 assert usage.get(rc, 0) == used(host, rc)
-        for candidate in store.candidates({"DISK_GB": 0, "SLOTS": 0}, 10):
+        for candidate in store.candidates({"DISK_GB": 0, "SLOTS": 0}, 10)[0]:
             for rc, free in candidate.free.items():
                 assert free == capacity[candidate.host][rc] - used(candidate.host, rc)
 

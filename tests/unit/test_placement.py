@@ -30,8 +30,8 @@ def records() -> fakeredis.FakeRedis:
 
 
 @pytest.fixture
-def fleet() -> FakeFleet:
-    return FakeFleet(placements=MANAGERS)
+def fleet(records: Any) -> FakeFleet:
+    return FakeFleet(records, placements=MANAGERS)
 
 
 def volume_hosts(records: Any, zones: dict[str, str] | None = None, **totals: int) -> ClaimStore:

@@ -353,27 +353,37 @@ class Registry:
         """Whether an operator keeps new work away from ``service`` on ``host``."""
         return bool(self.redis.hexists(registry_key(service, "disabled"), host))
 
+    @staticmethod
+    def state_keys(service: str) -> tuple[str, str]:
+        """The hashes (host -> heartbeat time; host -> why disabled) a host's state is read
+        from, for tools that read them with other data in one round trip."""
+        return registry_key(service, "seen"), registry_key(service, "disabled")
+
+    def state_of(self, raw_seen: Any, raw_disabled: Any, now: float) -> dict[str, Any]:
+        """``{state, age, alive, disabled_reason}`` of a host from its two entries as stored
+        (None: absent) at ``now`` (Redis clock)."""
+        stamp = _stamp(raw_seen) if raw_seen else 0.0
+        age = now - stamp if stamp else None
+        alive = age is not None and age <= self.service_down_time
+        return {"state": DISABLED if raw_disabled else UP if alive else DOWN, "age": age,
+                "alive": alive,
+                "disabled_reason": _reason(raw_disabled) if raw_disabled else None}
+
     def states(self, service: str, hosts: builtins.list[str]) -> dict[str, dict[str, Any]]:
-        """Host -> ``{state, age, disabled_reason}`` for each of ``hosts`` (placement's
-        candidates): one round trip, whatever the size of the fleet. A host the registry
-        does not know is ``down``, age None."""
+        """Host -> ``{state, age, alive, disabled_reason}`` for each of ``hosts``: one round
+        trip, whatever the size of the fleet. A host the registry does not know is ``down``,
+        age None."""
         if not hosts:
             return {}
+        seen_key, disabled_key = self.state_keys(service)
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
-        pipe.hmget(registry_key(service, "seen"), hosts)
-        pipe.hmget(registry_key(service, "disabled"), hosts)
+        pipe.hmget(seen_key, hosts)
+        pipe.hmget(disabled_key, hosts)
         (seconds, micros), seen, disabled = pipe.execute()
         now = float(seconds) + float(micros) / 1e6
-        found = {}
-        for host, raw_seen, raw_disabled in zip(hosts, seen, disabled, strict=True):
-            stamp = _stamp(raw_seen) if raw_seen else 0.0
-            age = now - stamp if stamp else None
-            alive = age is not None and age <= self.service_down_time
-            found[host] = {"state": DISABLED if raw_disabled else UP if alive else DOWN,
-                           "age": age, "alive": alive,
-                           "disabled_reason": _reason(raw_disabled) if raw_disabled else None}
-        return found
+        return {host: self.state_of(raw_seen, raw_disabled, now)
+                for host, raw_seen, raw_disabled in zip(hosts, seen, disabled, strict=True)}
 
     def alive_hosts(self, service: str) -> builtins.list[str]:
         """Hosts of ``service`` that report in time, disabled ones included.
