@@ -251,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--placements", type=int, default=300,
                         help="placements timed one at a time, per size")
     parser.add_argument("--schedulers", type=int, default=2, help="scheduler nodes")
-    parser.add_argument("--pool", default="threads", help="their pool (default threads)")
-    parser.add_argument("--concurrency", type=int, default=4, help="their concurrency")
+    # One process per node: on two cores, two solo schedulers place faster than threads
+    # (the GIL) or prefork children (more processes than cores).
+    parser.add_argument("--pool", default="solo", help="their pool (default solo)")
+    parser.add_argument("--concurrency", type=int, default=1, help="their concurrency")
     parser.add_argument("--json", type=Path, default=HERE / "results-placement.json")
     args = parser.parse_args(argv)
     rows = run(args.sizes, args.burst, args.placements, args.schedulers, args.pool,

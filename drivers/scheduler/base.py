@@ -45,8 +45,8 @@ DEFAULT_WEIGHERS: Mapping[str, float] = {"CapacityWeigher": 1.0, "BuildFailureWe
 #: Hosts a request may be built on: the first choice and its alternates (Nova's default).
 DEFAULT_MAX_ATTEMPTS = 3
 #: Candidates a placement reads from the index of free capacity (the freest hosts): each
-#: costs a placement about 10 µs of the scheduler's CPU (python -m bench placement).
-DEFAULT_MAX_CANDIDATES = 100
+#: costs a placement about 10 µs of the scheduler's CPU and a little of Redis's.
+DEFAULT_MAX_CANDIDATES = 50
 
 
 class SchedulerDriver(ABC):
