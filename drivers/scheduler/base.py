@@ -158,10 +158,20 @@ class FilterScheduler(SchedulerDriver):
         if not passed:
             raise no_valid_host(request, hosts, removed)
         ordered, weights = self.order(request, passed)
+        if type(self).choose is not FilterScheduler.choose:
+            # A subclass written before weighers, that picks its host itself: its choice
+            # first, the others as alternates.
+            first = self.choose(request, passed)
+            ordered = [first, *(host for host in ordered if host != first)]
         return Selection(ordered, weights, removed, len(hosts))
 
     def select_host(self, request: PlacementRequest, hosts: Sequence[HostState]) -> str:
         return self.select_destinations(request, hosts).hosts[0]
+
+    def choose(self, request: PlacementRequest, hosts: Sequence[HostState]) -> str:
+        """The one host a subclass prefers among ``hosts`` (all passed the filters); by
+        default the best weighed. Subclasses rank every host with :meth:`order` instead."""
+        return self.order(request, hosts)[0][0]
 
 
 def no_valid_host(

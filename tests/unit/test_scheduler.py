@@ -225,3 +225,15 @@ def test_a_driver_that_ranks_one_host_gives_no_alternates() -> None:
 
     assert OneHost().select_destinations(DISK, [claimed("only", 9)]).hosts == ["only"]
     assert isinstance(LeastLoadedScheduler(), FilterScheduler)
+
+
+def test_a_filter_scheduler_subclass_that_chooses_its_host_itself_still_works() -> None:
+    class Alphabetical(FilterScheduler):
+        """Written for the scheduler before weighers: picks with ``choose``."""
+
+        def choose(self, request: PlacementRequest, hosts: Any) -> str:
+            return min(h.host for h in hosts)
+
+    selection = Alphabetical().select_destinations(DISK, [claimed("b", 90), claimed("a", 10),
+                                                          claimed("c", 50)])
+    assert selection.hosts == ["a", "b", "c"]  # its choice, then the others by weight
