@@ -400,14 +400,16 @@ class Registry:
 
 
 class HostsView:
-    """One service's hosts as the registry sees them now, read incrementally (placement).
+    """One service's hosts as the registry sees them now, read incrementally
+    (:meth:`managers.base.Fleet.hosts`).
 
     Each :meth:`read` fetches the heartbeat times and the disabled hosts (small
     values), and the reports only of hosts that reported since the last read:
-    with thousands of hosts, a placement no longer reads and parses every
-    report, yet sees every report, every disable and every departure at once.
-    Entries carry what placement needs: ``host``, ``state``, ``age``,
-    ``alive``, ``capabilities``, ``disabled_reason``.
+    with thousands of hosts, a manager that looks at the whole fleet again and
+    again does not read and parse every report, yet sees every report, every
+    disable and every departure at once. Entries carry ``host``, ``state``,
+    ``age``, ``alive``, ``capabilities``, ``disabled_reason``. (Placement reads
+    only its candidates: :meth:`Registry.state_keys`.)
     """
 
     def __init__(self, service: str) -> None:

@@ -49,10 +49,11 @@ def expand_options(options: Mapping[str, Any], config: Config) -> dict[str, Any]
 
 
 class NodeFleet:
-    """The :class:`managers.base.Fleet` a node gives its managers: registry and client.
+    """The :class:`managers.base.Fleet` a node gives its managers: registry, claims, client.
 
-    :meth:`hosts` reads the registry incrementally (:class:`HostsView`): a
-    placement among thousands of hosts reads only the reports that changed.
+    :meth:`hosts` reads the registry incrementally (:class:`HostsView`): only the
+    reports that changed. :meth:`candidates` reads a placement's candidates from
+    the index of free capacity with their registry entries, in one round trip.
     """
 
     def __init__(self, app: Taskyard) -> None:
