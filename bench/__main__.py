@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import delays, durable, monitoring, scale, tracing
+from bench import delays, durable, monitoring, placement, scale, tracing
 from bench.report import progress, table, write_json
 from bench.suite import Options, run
 
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return delays.main(argv[1:])
     if argv[:1] == ["tracing"]:
         return tracing.main(argv[1:])
+    if argv[:1] == ["placement"]:
+        return placement.main(argv[1:])
     args = parse_args(argv)
     options = Options.quick() if args.quick else Options.full()
     options = options.replace(loglevel=args.loglevel, **({"reps": args.reps} if args.reps else {}))

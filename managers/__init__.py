@@ -17,18 +17,24 @@ from managers.base import (
     endpoint,
     periodic_task,
 )
-from managers.exceptions import Conflict, InvalidRequest, NotFound
+from managers.claims import ClaimStore, Inventory
+from managers.exceptions import Conflict, InvalidRequest, MaxRetriesExceeded, NotFound
+from managers.placement import Placement
 from managers.records import Parent, RecordStore, now
 
 __all__ = [
+    "ClaimStore",
     "Conflict",
     "Fleet",
     "Forward",
     "InvalidRequest",
+    "Inventory",
     "Manager",
+    "MaxRetriesExceeded",
     "NotFound",
     "Parent",
     "PeriodicSpec",
+    "Placement",
     "RecordStore",
     "RequestContext",
     "endpoint",

@@ -19,21 +19,32 @@ Example::
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, overload
 
 from drivers.cancellation import CancelScope, check_cancelled
-from managers.records import now
+from drivers.exceptions import NoValidHost
+from managers.builds import Build
+from managers.claims import ClaimStore, Inventory
+from managers.forwarding import Forward
+from managers.placement import Placement, Placements
+from managers.records import RecordStore, now
 from managers.retries import RETRY_OPTIONS, RetryPolicy
+
+if TYPE_CHECKING:  # a caller imports this module: it loads no scheduler driver code
+    from drivers.scheduler.hosts import HostState
 
 __all__ = [
     "Fleet", "Forward", "Manager", "PeriodicSpec", "RequestContext", "RetryPolicy",
     "current_context", "current_progress", "endpoint", "now", "periodic_task", "retry_policy",
 ]
+
+log = logging.getLogger("taskyard.placement")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,12 +55,22 @@ RETRY_MARK = "__taskyard_retry__"
 #: Attribute set on a function by :func:`periodic_task`.
 PERIODIC_MARK = "__taskyard_periodic__"
 
+#: Attribute set on a periodic task that only managers declaring a placement run.
+PLACEMENT_ONLY_MARK = "__taskyard_placement_only__"
+
 #: Names that are part of the manager's life cycle and can never be endpoints.
 RESERVED = frozenset(
     {"init_host", "cleanup_host", "capabilities", "report_progress", "forward_to",
      "endpoints", "periodic_tasks", "context", "records", "driver", "settings", "host",
-     "service", "redis", "fleet", "init_process"}
+     "service", "redis", "fleet", "init_process", "placement", "inventory", "allocations",
+     "claims", "placements", "building", "release_claim", "report_inventory"}
 )
+
+#: Seconds a claim must have existed before the reconciliation may release it for a
+#: resource the node does not hold (a build claims just before it makes its record).
+RECONCILE_GRACE_S = 30.0
+#: Seconds between two reconciliations of a node's claims with what it holds.
+RECONCILE_SPACING_S = 60.0
 
 
 @overload
@@ -142,6 +163,11 @@ def periodic_task(*, spacing: float, run_immediately: bool = False,
     return mark
 
 
+def _placement_only(fn: F) -> F:
+    setattr(fn, PLACEMENT_ONLY_MARK, True)
+    return fn
+
+
 @dataclass(frozen=True)
 class RequestContext:
     """Who asked for the work in hand: travels with every message."""
@@ -206,17 +232,27 @@ class Fleet(Protocol):
         """Send ``method`` to ``service`` (on ``host``'s own queue when given); the task id."""
         ...
 
+    def candidates(self, service: str, needs: Mapping[str, float], limit: int, *,
+                   zone: str | None = None, include: Sequence[str] = ()) -> list[HostState]:
+        """Up to ``limit`` hosts of ``service`` with the most free of the first resource class
+        of ``needs`` (of ``zone`` only, when given), and the hosts ``include`` names, each
+        with its state, zone, what it has free (from claims) and its failed builds."""
+        ...
 
-class Forward(Exception):
-    """Raised by a manager to have the request run on the node that owns the resource.
+    def states(self, service: str, hosts: list[str]) -> dict[str, dict[str, Any]]:
+        """Host -> ``{state, age, disabled_reason}`` of each of ``hosts`` (``down``, age
+        None, when the registry does not know it)."""
+        ...
 
-    Not an error: the service layer hands the same request to ``host``'s own
-    queue under the same task id, so the caller gets that node's answer.
-    """
+    def placement(self, service: str) -> Placement | None:
+        """What ``service`` declares its resources take of its nodes, or None."""
+        ...
 
-    def __init__(self, host: str) -> None:
-        super().__init__(host)
-        self.host = host
+    def resend(self, service: str, method: str, /, *, host: str | None, task_id: str,
+               kwargs: Mapping[str, Any], headers: Mapping[str, Any]) -> None:
+        """Send a request again under its task id (a waiting caller gets the new answer),
+        with the request context it first had (``headers``: ``taskyard_*``)."""
+        ...
 
 
 class Manager:
@@ -230,6 +266,9 @@ class Manager:
     driver_interface: ClassVar[type | None] = None
     #: The API version this manager serves (``major.minor``).
     rpc_api_version: ClassVar[str] = "1.0"
+    #: What this service's resources take of its nodes (None: the scheduler does not
+    #: place them). See :mod:`managers.placement`.
+    placement: ClassVar[Placement | None] = None
 
     def __init__(
         self,
@@ -248,6 +287,8 @@ class Manager:
         self.redis = redis
         self._fleet = fleet
         self.started_at = time.time()
+        self._claims: ClaimStore | None = None
+        self._placements: Placements | None = None
 
     # -- discovery ---------------------------------------------------------
 
@@ -265,12 +306,15 @@ class Manager:
 
     @classmethod
     def periodic_tasks(cls) -> dict[str, PeriodicSpec]:
-        """Name -> schedule, for every method marked :func:`periodic_task`."""
+        """Name -> schedule, for every method marked :func:`periodic_task` (those of
+        placement, only when the manager declares one)."""
         found: dict[str, PeriodicSpec] = {}
         for klass in reversed(cls.__mro__):
             for name, attr in vars(klass).items():
                 spec = getattr(attr, PERIODIC_MARK, None)
                 if isinstance(spec, PeriodicSpec):
+                    if getattr(attr, PLACEMENT_ONLY_MARK, False) and cls.placement is None:
+                        continue
                     found[name] = spec
         return found
 
@@ -343,6 +387,153 @@ class Manager:
     def forward_to(self, host: str) -> None:
         """Hand the request in hand to ``host`` (which owns the resource); never returns."""
         raise Forward(host)
+
+    # -- placement (managers that declare ``placement``) ---------------------------
+
+    def inventory(self) -> Mapping[str, int | Inventory]:
+        """What this node offers, per resource class: a total (whole units), or an
+        :class:`~managers.claims.Inventory`; reported with every heartbeat.
+
+        The service's ``inventory`` settings (``reserved``, ``allocation_ratio``
+        per class) apply to what this returns.
+        """
+        return {}
+
+    def allocations(self) -> Mapping[str, Mapping[str, int]]:
+        """What this node holds: resource id -> what it takes, per resource class.
+
+        The reconciliation compares it with the claims on this host. A
+        resource whose build failed holds nothing.
+        """
+        return {}
+
+    @property
+    def claims(self) -> ClaimStore:
+        """Inventory and claims of this service's nodes."""
+        if self._claims is None:
+            self._claims = ClaimStore(self.redis, self.service)
+        return self._claims
+
+    @property
+    def placements(self) -> Placements:
+        """The scheduler's placement records of this service's resources."""
+        if self._placements is None:
+            self._placements = Placements(self.redis, self.service)
+        return self._placements
+
+    def _placement(self) -> Placement:
+        if self.placement is None:
+            raise TypeError(f"{type(self).__qualname__} declares no placement (set the class "
+                            "attribute placement = Placement(...))")
+        return self.placement
+
+    def building(self, resource_id: str, records: RecordStore | None = None,
+                 status: str | None = None, **arguments: Any) -> Build:
+        """The build of ``resource_id`` on this node, as a context manager (see
+        :mod:`managers.builds`): its claim, and what a failure does next.
+
+        ``arguments`` are the create endpoint's (what the resource needs is read
+        from them); with ``records`` and ``status`` (the building state), a
+        rescheduled or failed build updates the resource's record.
+        """
+        is_up = None
+        if self._fleet is not None:
+            fleet = self._fleet
+
+            def is_up(host: str) -> bool:
+                return fleet.states(self.service, [host])[host]["state"] == "up"
+
+        return Build(resource_id=resource_id, host=self.host,
+                     amounts=self._placement().amounts(arguments), claims=self.claims,
+                     placements=self.placements, is_up=is_up, records=records,
+                     status=status, kind=self._placement().kind)
+
+    def resize_claim(self, resource_id: str, **arguments: Any) -> None:
+        """Make ``resource_id``'s claim on this node what ``arguments`` (the create endpoint's,
+        with their new values) need; growing past this node's capacity is
+        :class:`NoValidHost`, saying by how much."""
+        amounts = self._placement().amounts(arguments)
+        result = self.claims.resize(resource_id, self.host, amounts)
+        if result.ok:
+            return
+        if result.why == "held" and result.holder is None:  # it holds no claim: it has one now
+            self.claims.claim(resource_id, self.host, amounts, force=True)
+            return
+        if result.why == "noinv":  # no inventory to check against: the backend decides
+            self.claims.resize(resource_id, self.host, amounts, force=True)
+            return
+        kind = self._placement().kind
+        raise NoValidHost(f"{kind} {resource_id} cannot grow on {self.host}: "
+                          f"{result.reason(amounts)}",
+                          {"id": resource_id, "host": self.host,
+                           "reasons": {"CapacityFilter": {self.host: result.reason(amounts)}}})
+
+    def release_claim(self, resource_id: str) -> None:
+        """The resource is gone from this node: free what its claim held, at once."""
+        if self.claims.release(resource_id, self.host) is not None:
+            self.placements.retire(resource_id)
+
+    def report_inventory(self, zone: str = "", listed: bool = True) -> None:
+        """Report :meth:`inventory`, with the settings' ``reserved`` and ``allocation_ratio``
+        applied (the heartbeat calls it); ``listed``: whether the node takes new work."""
+        adjust = getattr(self.settings, "inventory", None) or {}
+        inventories = {}
+        for rc, offered in self.inventory().items():
+            base = offered if isinstance(offered, Inventory) else Inventory(int(offered))
+            tuned = adjust.get(rc) or {}
+            inventories[rc] = Inventory(
+                base.total, int(tuned.get("reserved", base.reserved)),
+                float(tuned.get("allocation_ratio", base.allocation_ratio)))
+        self.claims.report_inventory(self.host, inventories, zone=zone, listed=listed)
+
+    @_placement_only
+    @periodic_task(spacing=RECONCILE_SPACING_S)
+    def reconcile_allocations(self) -> dict[str, Any]:
+        """Make the claims on this node agree with what it holds, and say what was fixed.
+
+        A claim of a resource this node does not hold (gone, or never built) is
+        released, unless its build is under way; a resource it holds without a
+        claim (created around the scheduler, or a claim lost) is claimed; a
+        claim of another size is set to the resource's; then usage is counted
+        again from the claims.
+        """
+        claims = self.claims.host_claim_details(self.host)
+        held = {rid: dict(amounts) for rid, amounts in self.allocations().items()}
+        building = set(self.placements.building())
+        young = time.time() - RECONCILE_GRACE_S
+        fixed: dict[str, Any] = {"released": [], "claimed": [], "resized": [], "elsewhere": []}
+        for rid, claim in claims.items():
+            if rid in held or rid in building or claim["at"] > young:
+                continue
+            if self.claims.release(rid, self.host) is not None:
+                self.placements.retire(rid)
+                fixed["released"].append(rid)
+        for rid, amounts in held.items():
+            existing = claims.get(rid)
+            if existing is not None and existing["amounts"] == amounts:
+                continue
+            if existing is not None:
+                self.claims.release(rid, self.host)
+                fixed["resized"].append(rid)
+            result = self.claims.claim(rid, self.host, amounts, force=True)
+            if not result.ok:
+                fixed["elsewhere"].append(f"{rid} (claimed on {result.holder})")
+            elif existing is None:
+                fixed["claimed"].append(rid)
+        usage = self.claims.recount(self.host)
+        report = {"at": time.time(), "held": len(held), "claims": len(claims),
+                  **{k: v for k, v in fixed.items() if v},
+                  **({"usage": {rc: list(v) for rc, v in usage.items()}} if usage else {})}
+        self.claims.note_reconciliation(self.host, report)
+        for what, ids in fixed.items():
+            if ids:
+                log.warning("reconciliation of %s on %s: %s %s", self.service, self.host,
+                            what, ", ".join(ids))
+        if usage:
+            log.warning("reconciliation of %s on %s: usage counted again from claims: %s",
+                        self.service, self.host, ", ".join(
+                            f"{rc} {before} -> {after}" for rc, (before, after) in usage.items()))
+        return report
 
     @endpoint
     def ping(self) -> dict[str, Any]:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from drivers.compute.base import MISSING, RUNNING, STOPPED, ComputeDriver, InstanceRef
 from managers.base import Manager, endpoint, now, periodic_task
 from managers.exceptions import Conflict, InvalidRequest
+from managers.placement import Placement
 from managers.records import RecordStore
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,9 @@ DELETING, DELETED = "deleting", "deleted"
 #: Seconds between two reconciliations of records with the driver, on each node.
 RECONCILE_SPACING_S = 10.0
 
+#: The resource class of a compute node's instance slots (one per instance).
+SLOTS = "SLOTS"
+
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -36,6 +41,10 @@ class ComputeManager(Manager):
     driver_interface = ComputeDriver
     rpc_api_version = "1.0"
     driver: ComputeDriver
+    #: An instance takes one of its node's SLOTS; the scheduler claims it before the node
+    #: starts it.
+    placement = Placement(creates="run_instance", id_argument="instance_id",
+                          needs={SLOTS: 1}, kind="instance")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -54,43 +63,51 @@ class ComputeManager(Manager):
         self, image: str, name: str | None = None, instance_id: str | None = None
     ) -> dict[str, Any]:
         """Start an instance of ``image`` here; with a known ``instance_id``, return it."""
-        images = self.driver.images()
-        if image not in images:
-            raise InvalidRequest(
-                f"no image {image!r} on {self.host}; images: {', '.join(images) or 'none'}",
-                {"argument": "image"},
-            )
         if instance_id is not None and not _ID_RE.match(instance_id):
             raise InvalidRequest(
                 f"instance_id {instance_id!r} is not a valid id: use 1-64 letters, digits, "
                 "'_' or '-'", {"argument": "instance_id"},
             )
         instance_id = instance_id or self.new_id("instance")
-        stamp = now()
-        record, created = self.instances.create(instance_id, {
-            "id": instance_id, "name": name, "image": image, "host": self.host,
-            "status": BUILDING, "power_state": None, "created_at": stamp, "updated_at": stamp,
-        })
-        if not created:
-            if record["image"] != image:
-                raise Conflict(f"instance {instance_id} exists with image {record['image']!r}",
-                               {"id": instance_id, "status": record["status"]})
-            if record["status"] in (DELETING, DELETED):
-                raise Conflict(f"instance {instance_id} was terminated; use a new id",
-                               {"id": instance_id, "status": record["status"]})
-            if record["status"] != BUILDING:
-                return record
-            if record["host"] != self.host:  # its first node died while building it
-                record = self.instances.transition(
-                    instance_id, (BUILDING,), {"host": self.host, "updated_at": now()},
-                    action="taking over the build",
+        with self.building(instance_id, self.instances, BUILDING) as build:
+            images = self.driver.images()
+            if image not in images:
+                raise InvalidRequest(
+                    f"no image {image!r} on {self.host}; images: {', '.join(images) or 'none'}",
+                    {"argument": "image"},
                 )
-        ref = self._ref(record)
-        return self.instances.run_step(
-            instance_id, lambda: self.driver.spawn(ref), allowed=(BUILDING,),
-            updates={"status": RUNNING, "power_state": RUNNING, "error": None},
-            action="finishing run_instance", done_status=RUNNING,
-        )
+            stamp = now()
+            record, created = self.instances.create(instance_id, {
+                "id": instance_id, "name": name, "image": image, "host": self.host,
+                "status": BUILDING, "power_state": None, "created_at": stamp,
+                "updated_at": stamp, **build.record_fields(),
+            })
+            if not created:
+                if record["image"] != image:
+                    raise Conflict(
+                        f"instance {instance_id} exists with image {record['image']!r}",
+                        {"id": instance_id, "status": record["status"]})
+                if record["status"] in (DELETING, DELETED):
+                    raise Conflict(f"instance {instance_id} was terminated; use a new id",
+                                   {"id": instance_id, "status": record["status"]})
+                if record["status"] != BUILDING:
+                    if record["status"] == ERROR and record.get("host") == self.host and \
+                            record.get("power_state") is None:
+                        build.release()  # a build that failed holds nothing
+                    return record
+                if record["host"] != self.host:  # its first node died while building it
+                    record = self.instances.transition(
+                        instance_id, (BUILDING,),
+                        {"host": self.host, **build.record_fields(), "updated_at": now()},
+                        action="taking over the build",
+                    )
+                    build.take_over()
+            ref = self._ref(record)
+            return self.instances.run_step(
+                instance_id, lambda: self.driver.spawn(ref), allowed=(BUILDING,),
+                updates={"status": RUNNING, "power_state": RUNNING, "error": None},
+                action="finishing run_instance", done_status=RUNNING,
+            )
 
     @endpoint
     def terminate_instance(self, instance_id: str) -> dict[str, Any]:
@@ -104,11 +121,13 @@ class ComputeManager(Manager):
             {"status": DELETING, "updated_at": now()}, action="terminate_instance",
         )
         ref = self._ref(record)
-        return self.instances.run_step(
+        terminated = self.instances.run_step(
             instance_id, lambda: self.driver.destroy(ref), allowed=(DELETING, DELETED),
             updates={"status": DELETED, "power_state": None},
             action="finishing terminate_instance", retire=True,
         )
+        self.release_claim(instance_id)
+        return terminated
 
     @endpoint
     def reboot_instance(self, instance_id: str) -> dict[str, Any]:
@@ -183,3 +202,15 @@ class ComputeManager(Manager):
 
     def capabilities(self) -> dict[str, Any]:
         return dict(self.driver.get_host_stats())
+
+    def inventory(self) -> Mapping[str, int]:
+        """Instance slots: ``max_instances`` of the driver."""
+        return {SLOTS: int(self.driver.get_host_stats()["max_instances"])}
+
+    def allocations(self) -> dict[str, dict[str, int]]:
+        """Every instance of this node but those whose build failed (they never ran)."""
+        return {
+            i["id"]: {SLOTS: 1} for i in self.instances.list()
+            if i.get("host") == self.host
+            and (i["status"] != ERROR or i.get("power_state") is not None)
+        }

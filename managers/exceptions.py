@@ -7,9 +7,9 @@ with ``host`` naming the node that raised them.
 
 from __future__ import annotations
 
-from drivers.exceptions import TaskyardError, wire_error
+from drivers.exceptions import NoValidHost, TaskyardError, wire_error
 
-__all__ = ["Conflict", "InvalidRequest", "NotFound"]
+__all__ = ["Conflict", "InvalidRequest", "MaxRetriesExceeded", "NotFound"]
 
 
 @wire_error
@@ -25,3 +25,13 @@ class NotFound(TaskyardError):
 @wire_error
 class Conflict(TaskyardError):
     """Raised when a resource's state does not allow the request."""
+
+
+@wire_error
+class MaxRetriesExceeded(NoValidHost):
+    """Raised when a placed build failed on its host and on every alternate.
+
+    The message gives each attempt's host and error; ``details["attempts"]``
+    lists them (``host``, ``error``, ``at``). The resource is left in error
+    with the same reasons, and holds no claim.
+    """

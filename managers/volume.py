@@ -11,11 +11,13 @@ finishes the work or returns what is there.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from drivers.volume.base import SnapshotRef, VolumeDriver, VolumeRef
 from managers.base import Manager, endpoint, now
 from managers.exceptions import Conflict, InvalidRequest
+from managers.placement import Placement
 from managers.records import Parent, RecordStore
 
 CREATING, AVAILABLE, EXTENDING = "creating", "available", "extending"
@@ -25,6 +27,9 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 #: Largest volume one request may ask for, in GiB.
 MAX_SIZE_GB = 64 * 1024
+
+#: The resource class of a volume node's space, in GiB.
+DISK_GB = "DISK_GB"
 
 
 def _check_id(kind: str, value: str) -> str:
@@ -51,6 +56,10 @@ class VolumeManager(Manager):
     driver_interface = VolumeDriver
     rpc_api_version = "1.0"
     driver: VolumeDriver
+    #: A volume takes its size of its node's DISK_GB; the scheduler claims it before the
+    #: node creates it.
+    placement = Placement(creates="create_volume", id_argument="volume_id",
+                          needs={DISK_GB: "size_gb"}, kind="volume")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -87,37 +96,43 @@ class VolumeManager(Manager):
         """Create a volume on this node; with a known ``volume_id``, return that volume."""
         _check_size("size_gb", size_gb)
         volume_id = _check_id("volume_id", volume_id) if volume_id else self.new_id("volume")
-        stamp = now()
-        record, created = self.volumes.create(volume_id, {
-            "id": volume_id, "name": name, "size_gb": size_gb, "host": self.host,
-            "status": CREATING, "created_at": stamp, "updated_at": stamp,
-        })
-        if not created:
-            if record["size_gb"] != size_gb and record["status"] != DELETED:
-                raise Conflict(
-                    f"volume {volume_id} exists with size {record['size_gb']} GiB, "
-                    f"not {size_gb} GiB", {"id": volume_id, "status": record["status"]},
-                )
-            if record["status"] in (DELETING, DELETED):
-                raise Conflict(
-                    f"volume {volume_id} was deleted; create it under a new id",
-                    {"id": volume_id, "status": record["status"]},
-                )
-            if record["status"] != CREATING:
-                return record
-            # A delivery before us stopped half way (its node died): take the
-            # creation over; the driver's create is safe to repeat.
-            if record["host"] != self.host:
-                record = self.volumes.transition(
-                    volume_id, (CREATING,), {"host": self.host, "updated_at": now()},
-                    action="taking over the creation",
-                )
-        ref = self._volume_ref(record)
-        return self.volumes.run_step(
-            volume_id, lambda: self.driver.create_volume(ref, self.report_progress),
-            allowed=(CREATING,), updates={"status": AVAILABLE, "error": None},
-            action="finishing create_volume", done_status=AVAILABLE,
-        )
+        with self.building(volume_id, self.volumes, CREATING, size_gb=size_gb) as build:
+            stamp = now()
+            record, created = self.volumes.create(volume_id, {
+                "id": volume_id, "name": name, "size_gb": size_gb, "host": self.host,
+                "status": CREATING, "created_at": stamp, "updated_at": stamp,
+                **build.record_fields(),
+            })
+            if not created:
+                if record["size_gb"] != size_gb and record["status"] != DELETED:
+                    raise Conflict(
+                        f"volume {volume_id} exists with size {record['size_gb']} GiB, "
+                        f"not {size_gb} GiB", {"id": volume_id, "status": record["status"]},
+                    )
+                if record["status"] in (DELETING, DELETED):
+                    raise Conflict(
+                        f"volume {volume_id} was deleted; create it under a new id",
+                        {"id": volume_id, "status": record["status"]},
+                    )
+                if record["status"] != CREATING:
+                    if record["status"] == ERROR and record.get("host") == self.host:
+                        build.release()  # a build that failed holds nothing
+                    return record
+                # A delivery before us stopped half way (its node died): take the
+                # creation over; the driver's create is safe to repeat.
+                if record["host"] != self.host:
+                    record = self.volumes.transition(
+                        volume_id, (CREATING,),
+                        {"host": self.host, **build.record_fields(), "updated_at": now()},
+                        action="taking over the creation",
+                    )
+                    build.take_over()
+            ref = self._volume_ref(record)
+            return self.volumes.run_step(
+                volume_id, lambda: self.driver.create_volume(ref, self.report_progress),
+                allowed=(CREATING,), updates={"status": AVAILABLE, "error": None},
+                action="finishing create_volume", done_status=AVAILABLE,
+            )
 
     @endpoint
     def delete_volume(self, volume_id: str) -> dict[str, Any]:
@@ -131,10 +146,12 @@ class VolumeManager(Manager):
             action="delete_volume", no_children="snapshot",
         )
         ref = self._volume_ref(record)
-        return self.volumes.run_step(
+        deleted = self.volumes.run_step(
             volume_id, lambda: self.driver.delete_volume(ref), allowed=(DELETING, DELETED),
             updates={"status": DELETED}, action="finishing delete_volume", retire=True,
         )
+        self.release_claim(volume_id)
+        return deleted
 
     @endpoint
     def extend_volume(self, volume_id: str, new_size_gb: int) -> dict[str, Any]:
@@ -149,6 +166,7 @@ class VolumeManager(Manager):
         if new_size_gb == record["size_gb"] and record["status"] == AVAILABLE:
             return record
         self._own(record)
+        self.resize_claim(volume_id, size_gb=new_size_gb)
         record = self.volumes.transition(
             volume_id, (AVAILABLE, EXTENDING),
             {"status": EXTENDING, "target_size_gb": new_size_gb, "updated_at": now()},
@@ -247,3 +265,15 @@ class VolumeManager(Manager):
 
     def capabilities(self) -> dict[str, Any]:
         return dict(self.driver.get_volume_stats())
+
+    def inventory(self) -> Mapping[str, int]:
+        """The backend's space, whole GiB (``total_gb``); claims count what volumes take."""
+        return {DISK_GB: int(self.driver.get_volume_stats()["total_gb"])}
+
+    def allocations(self) -> dict[str, dict[str, int]]:
+        """Every volume on this node that exists on its backend (a failed create holds none)."""
+        return {
+            v["id"]: {DISK_GB: max(int(v["size_gb"]), int(v.get("target_size_gb") or 0))}
+            for v in self.volumes.list()
+            if v.get("host") == self.host and (v["status"] != ERROR or v.get("location"))
+        }

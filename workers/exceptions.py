@@ -11,6 +11,7 @@ here, so a caller needs only ``from workers.exceptions import ...`` (or
     │   ├── VolumeDriverError        drivers.exceptions: a volume backend (drivers.volume)
     │   └── ComputeDriverError       drivers.exceptions: a compute backend (drivers.compute)
     ├── NoValidHost *                drivers.exceptions: the scheduler found no host
+    │   └── MaxRetriesExceeded *     managers.exceptions: a build failed on every host tried
     ├── InvalidRequest *             managers.exceptions: bad arguments, values or names
     │   ├── UnknownEndpoint *        workers.exceptions: not an endpoint of the service
     │   ├── UnknownService           workers.exceptions: not a configured service (caller)
@@ -46,7 +47,7 @@ from drivers.exceptions import (
     wire_error,
     wire_name,
 )
-from managers.exceptions import Conflict, InvalidRequest, NotFound
+from managers.exceptions import Conflict, InvalidRequest, MaxRetriesExceeded, NotFound
 
 __all__ = [
     "Cancelled",
@@ -56,6 +57,7 @@ __all__ = [
     "DriverError",
     "Expired",
     "InvalidRequest",
+    "MaxRetriesExceeded",
     "NoValidHost",
     "NotFound",
     "ProcessExecutionError",

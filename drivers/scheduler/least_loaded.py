@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from drivers.scheduler.base import FilterScheduler, HostState, PlacementRequest
+from drivers.scheduler.base import FilterScheduler
 
 
 class LeastLoadedScheduler(FilterScheduler):
-    """Filters on up, enabled and enough capacity; weighs by free capacity; ties at random."""
-
-    filters = ("UpFilter", "EnabledFilter", "CapacityFilter")
-
-    def choose(self, request: PlacementRequest, hosts: Sequence[HostState]) -> str:
-        if request.weigh_by is None:
-            return self.random.choice(list(hosts)).host
-        weights = {h.host: float(h.capabilities.get(request.weigh_by, 0)) for h in hosts}
-        best = max(weights.values())
-        return self.random.choice(sorted(h for h, w in weights.items() if w == best))
+    """Every built-in filter; weighed by free capacity (counted from claims) and by recent
+    build failures; ties at random. Nova's filter scheduler with its default weighers."""

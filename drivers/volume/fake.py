@@ -7,6 +7,7 @@ own copy; that is harmless because records live in Redis, not here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,7 +22,8 @@ from drivers.volume.base import (
 
 
 class FakeVolumeDriver(FakeDriver, VolumeDriver):
-    """Volumes as entries in a dict; ``fail`` names operations that raise (for tests).
+    """Volumes as entries in a dict; ``fail`` names operations that raise (for tests), and
+    ``create_seconds`` makes a create take that long.
 
     Options meant for the real driver it stands in for (``root``, say) are
     accepted and ignored, so that switching a service to ``fake`` with one
@@ -32,9 +34,12 @@ class FakeVolumeDriver(FakeDriver, VolumeDriver):
     error = VolumeDriverError
 
     def __init__(
-        self, total_gb: int = 1000, fail: Iterable[str] = (), **other_drivers_options: Any
+        self, total_gb: int = 1000, fail: Iterable[str] = (), create_seconds: float = 0.0,
+        **other_drivers_options: Any
     ) -> None:
         self.total_gb = int(total_gb)
+        #: How long a create takes, reporting progress every tenth (a slow backend, for tests).
+        self.create_seconds = float(create_seconds)
         self.init_fake(fail, other_drivers_options)
         self.volumes: dict[str, int] = {}
         self.snapshots: dict[str, tuple[str, int]] = {}
@@ -53,6 +58,10 @@ class FakeVolumeDriver(FakeDriver, VolumeDriver):
                     f"({self.total_gb - self._provisioned()} GiB free)"
                 )
             self.volumes[volume.id] = volume.size_gb
+        for step in range(10 if self.create_seconds > 0 else 0):
+            time.sleep(self.create_seconds / 10)
+            if progress:
+                progress(step + 1, 10, "allocating")
         if progress:
             progress(volume.size_gb, volume.size_gb, "allocated")
         return {"location": f"fake://{volume.id}"}

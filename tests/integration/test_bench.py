@@ -134,10 +134,27 @@ def test_the_scale_run_measures_every_figure_at_every_size(tmp_path: Path) -> No
     rows = results["rows"]
     assert [row["hosts"] for row in rows] == [50, 200]
     for row in rows:
-        for key in ("fanout_s", "placement_p50_s", "listing_s", "services_s", "status_s",
-                    "memory_per_host_bytes"):
+        for key in ("fanout_s", "placement_p50_s", "placement_p99_s", "listing_s",
+                    "services_s", "status_s", "memory_per_host_bytes"):
             assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+        assert row["placement_p50_s"] <= row["placement_p99_s"]
     assert "per 1,000 hosts" in done.stdout and "| fanout (no wait) |" in done.stdout
+
+
+def test_the_placement_run_places_a_whole_burst_and_none_over_capacity(tmp_path: Path) -> None:
+    done, results = run_suite(tmp_path, "placement", "--sizes", "50,200", "--burst", "60",
+                              "--placements", "20")
+    rows = results["rows"]
+    assert [row["hosts"] for row in rows] == [50, 200]
+    for row in rows:
+        # What the run measures, not how fast: every placement of the burst landed, within
+        # the capacity the fleet had, and each figure was taken.
+        assert (row["burst_placed"], row["burst_refused"]) == (60, 0), row
+        assert row["burst_claimed_gb"] == 60 and row["burst_over_capacity"] == 0, row
+        for key in ("p50_s", "p99_s", "ping_p50_s", "burst_per_s", "ping_per_s",
+                    "burst_nodes_cpu_ms", "burst_redis_cpu_ms"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+    assert "| burst: placements per second |" in done.stdout
 
 
 def test_the_monitoring_run_compares_four_workers(tmp_path: Path) -> None:

@@ -350,7 +350,8 @@ def json_documents(text: str) -> list[Any]:
 
 
 def test_the_readme_has_the_examples() -> None:
-    assert set(examples()) == {"words_service.py", "words.toml", "words.sh", "test_words.py"}
+    assert set(examples()) == {"words_service.py", "words.toml", "words.sh", "test_words.py",
+                               "buckets_service.py", "buckets.toml", "test_buckets.py"}
 
 
 def test_the_words_service_example_runs_as_written(
@@ -390,3 +391,16 @@ def test_the_testing_kit_example_passes_against_the_words_service(tmp_path: Path
                           text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "4 passed" in done.stdout, done.stdout[-2000:]
+
+
+def test_the_buckets_example_places_by_claims_on_real_nodes(tmp_path: Path) -> None:
+    for name, body in examples().items():
+        (tmp_path / name).write_text(body)
+    (tmp_path / "settings.toml").write_text(examples()["buckets.toml"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKYARD_", "DYNACONF_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "test_buckets.py"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "2 passed" in done.stdout, done.stdout[-2000:]

@@ -406,6 +406,20 @@ def test_unknown_service_lists_the_configured_services(tmp_path: Path) -> None:
          "settings key 'services.echo.driver' = None: expected a short name or a dotted path"),
         ('[default.services.echo]\nmanager = "a:b"\ndriver = "c"\ndriver_options = 3\n',
          "settings key 'services.echo.driver_options' = 3: expected a table"),
+        ('[default.services.echo]\nmanager = "a:b"\ndriver = "c"\n'
+         '[default.services.echo.inventory]\ndisk-gb = { reserved = 1 }\n',
+         "settings key 'services.echo.inventory.DISK-GB': 'DISK-GB' is not a resource class"),
+        ('[default.services.echo]\nmanager = "a:b"\ndriver = "c"\n'
+         '[default.services.echo.inventory]\nDISK_GB = { reserved = -1 }\n',
+         "settings key 'services.echo.inventory.DISK_GB.reserved' = -1: expected a whole"),
+        ('[default.services.echo]\nmanager = "a:b"\ndriver = "c"\n'
+         '[default.services.echo.inventory]\nDISK_GB = { allocation_ratio = 0 }\n',
+         "settings key 'services.echo.inventory.DISK_GB.allocation_ratio' = 0: expected a "
+         "number greater than 0"),
+        ('[default.services.echo]\nmanager = "a:b"\ndriver = "c"\n'
+         '[default.services.echo.inventory]\nDISK_GB = { spare = 1 }\n',
+         "settings key 'services.echo.inventory.DISK_GB' = {'spare': 1}: expected a table of "
+         "resource class"),
     ],
 )
 def test_malformed_service_table_is_a_config_error_naming_the_key(
@@ -500,3 +514,23 @@ def test_building_a_config_touches_no_file(tmp_path: Path) -> None:
     config = build_config(raw, project_dir=tmp_path / "nowhere")
     assert config.state_dir.is_absolute()
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_nodes_zone_and_a_services_inventory_tuning_are_read_and_checked(
+    tmp_path: Path,
+) -> None:
+    extra = _write(tmp_path / "zone.toml", '''[default]
+zone = "az-1"
+[default.services.volume.inventory]
+DISK_GB = { reserved = 10, allocation_ratio = 1.5 }
+''')
+    config = make_config(env={"TASKYARD_SETTINGS": f"{REPO_ROOT / 'settings.toml'},{extra}"})
+    assert config.zone == "az-1"
+    assert config.services["volume"].inventory == {
+        "DISK_GB": {"reserved": 10, "allocation_ratio": 1.5}}
+    assert make_config().zone == ""
+    from_env = make_config(env={"TASKYARD_SERVICES__VOLUME__INVENTORY__DISK_GB__RESERVED": "4"})
+    assert from_env.services["volume"].inventory == {
+        "DISK_GB": {"reserved": 4, "allocation_ratio": 1.0}}
+    with pytest.raises(ConfigError, match="settings key 'zone' = 'a zone': expected a zone name"):
+        make_config(env={"TASKYARD_ZONE": "a zone"})

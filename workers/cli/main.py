@@ -450,6 +450,40 @@ def enable(service: str, host: str) -> None:
     click.echo(f"{service} on {host} enabled" + ("" if was else " (it was not disabled)"))
 
 
+@main.command("placement")
+@click.argument("service", required=False)
+@click.argument("resource", required=False)
+@click.option("--host", help="That host's allocations: each claim on it.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@reports_errors
+def placement_command(service: str | None, resource: str | None, host: str | None,
+                      as_json: bool) -> None:
+    """Each host's inventory, usage from claims and allocations; with RESOURCE, why its last
+    placement chose its host (candidates, filters, weights, every attempt)."""
+    from workers.cli import placement
+
+    registry = Registry.from_config(load_config())
+    if (resource or host) and not service:
+        raise click.UsageError("name the SERVICE first: taskyard placement SERVICE "
+                               "[RESOURCE | --host HOST]")
+    if resource and service:
+        found = placement.placement(registry, service, resource)
+        if found is None:
+            raise NotFound(f"{service} {resource!r} holds no claim and has no placement record")
+        _print_json(found) if as_json else click.echo(placement.render_placement(found))
+        return
+    if host and service:
+        allocations = placement.allocations(registry, service, host)
+        if as_json:
+            _print_json(allocations)
+        else:
+            click.echo(placement.render_allocations(service, host, allocations))
+        return
+    names = [service] if service else placement.services_with_inventory(registry)
+    rows = [row for name in names for row in placement.hosts(registry, name)]
+    _print_json(rows) if as_json else click.echo(placement.render_hosts(rows))
+
+
 @main.command()
 @click.argument("service", required=False)
 @click.option("--requeue", "requeue_id", metavar="ID", help="Send this dead letter again.")

@@ -20,6 +20,7 @@ from celery import Celery
 from celery.result import AsyncResult
 from kombu.utils.encoding import bytes_to_str
 
+from workers.cli.placement import disagreements
 from workers.core.addresses import is_redis_address
 from workers.core.application import Taskyard
 from workers.core.delays import DelayedRequests
@@ -96,7 +97,8 @@ def gather(app: Taskyard, inspect_timeout: float = 1.0) -> dict[str, Any]:
     tasks, answered = running(app, inspect_timeout)
     return {"services": services, "queues": queues, "orphans": orphans(queues, records),
             "delayed": delayed(app), "not_run": not_run(app),
-            "running": tasks, "answered": answered}
+            "running": tasks, "answered": answered,
+            "placement": disagreements(app.registry)}
 
 
 def delayed(app: Taskyard) -> dict[str, Any]:
@@ -151,4 +153,10 @@ def render(status: dict[str, Any]) -> str:
         shown = (f"{progress.get('done')}/{progress.get('total')} {progress.get('message', '')}"
                  if progress else task["state"])
         lines.append(f"  {task['name']:<28} {task['worker']:<22} {task['id'][:8]}  {shown}")
+    if status.get("placement"):
+        lines.append("PLACEMENT  (hosts whose claims and reported inventory disagree: "
+                     "taskyard placement SERVICE)")
+        for entry in status["placement"]:
+            lines.append(f"  {entry['service']:<12} {entry['host']:<22} "
+                         + "; ".join(entry["why"]))
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from managers.placement import Placement
 from workers.core.binding import Binder
 from workers.core.keys import task_name
 from workers.exceptions import UnknownEndpoint
@@ -38,6 +39,8 @@ class ServiceAPI:
     #: The API version (``major.minor``) of the nodes that published this document.
     version: str
     endpoints: Mapping[str, EndpointAPI] = field(default_factory=dict)
+    #: What the service's resources take of its nodes, for the scheduler (None: nothing).
+    placement: Placement | None = None
 
     def binder(self, method: str) -> Binder:
         """The endpoint's binder; :class:`UnknownEndpoint` listing the endpoints otherwise."""
@@ -52,7 +55,7 @@ class ServiceAPI:
 
     def to_doc(self) -> dict[str, Any]:
         """The JSON document nodes publish."""
-        return {
+        doc: dict[str, Any] = {
             "service": self.service,
             "version": self.version,
             "endpoints": {
@@ -60,6 +63,9 @@ class ServiceAPI:
                 for name, endpoint in sorted(self.endpoints.items())
             },
         }
+        if self.placement is not None:
+            doc["placement"] = self.placement.to_doc()
+        return doc
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> ServiceAPI:
@@ -73,7 +79,8 @@ class ServiceAPI:
                     str(entry.get("doc") or ""))
                 for name, entry in dict(doc["endpoints"]).items()
             }
-            return cls(service, str(doc["version"]), endpoints)
+            placement = Placement.from_doc(doc["placement"]) if doc.get("placement") else None
+            return cls(service, str(doc["version"]), endpoints, placement)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a published service API: {exc!r}") from None
 
@@ -85,7 +92,7 @@ class ServiceAPI:
         return cls(service, str(manager_cls.rpc_api_version), {
             name: EndpointAPI(name, binder, inspect.cleandoc(endpoints[name].__doc__ or ""))
             for name, binder in binders.items()
-        })
+        }, getattr(manager_cls, "placement", None))
 
 
 def version_key(version: str) -> tuple[int, int]:

@@ -58,6 +58,9 @@ class ServiceConfig:
     #: Highest API version (``major.minor``) clients send to this service; None: the
     #: version of the manager class the client has.
     version_cap: str | None = None
+    #: Resource class -> ``{reserved, allocation_ratio}``, applied to the inventory the
+    #: node reports for placement.
+    inventory: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,8 @@ class Config:
     sources: tuple[str, ...] = ()
     #: Everything dynaconf produced (lower-case keys), for ``taskyard config``.
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: This node's availability zone ("" : none).
+    zone: str = ""
 
     def service(self, name: str) -> ServiceConfig:
         """The named service's settings; :class:`UnknownService` when not configured."""
@@ -232,6 +237,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "publish_wait_timeout": (_seconds, "a number of seconds greater than 0"),
     "host": (lambda v: isinstance(v, str) and (v == "" or bool(_HOST_RE.match(v))),
              "a node name of letters, digits, '.', '_' and '-' (empty: the hostname)"),
+    "zone": (lambda v: isinstance(v, str) and (v == "" or bool(_HOST_RE.match(v))),
+             "a zone name of letters, digits, '.', '_' and '-' (empty: none)"),
     "rpc_timeout": (_seconds, "a number of seconds greater than 0"),
     "report_interval": (_seconds, "a number of seconds greater than 0"),
     "service_down_time": (_seconds, "a number of seconds greater than 0"),
@@ -348,8 +355,42 @@ def _services(raw: Mapping[str, Any]) -> dict[str, ServiceConfig]:
             driver_options=dict(options),
             periodic={str(k): float(v) for k, v in periodic.items()},
             version_cap=str(version_cap) if version_cap is not None else None,
+            inventory=_inventory(f"{key}.inventory", table.get("inventory", {})),
         )
     return services
+
+
+_RESOURCE_CLASS_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+
+def _inventory(key: str, table: Any) -> dict[str, dict[str, float]]:
+    """``services.<name>.inventory``: resource class -> ``{reserved, allocation_ratio}``."""
+    expected = ("expected a table of resource class = { reserved = WHOLE UNITS >= 0, "
+                "allocation_ratio = NUMBER > 0 }, e.g. { DISK_GB = { reserved = 10 } }")
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"settings key {key!r} = {table!r}: {expected}")
+    found: dict[str, dict[str, float]] = {}
+    for name, entry in table.items():
+        # Settings keys arrive lower-cased (dynaconf); resource classes are upper-case.
+        rc = str(name).upper()
+        where = f"{key}.{rc}"
+        if not _RESOURCE_CLASS_RE.match(rc):
+            raise ConfigError(f"settings key {where!r}: {rc!r} is not a resource class name "
+                              "(letters, digits and '_', e.g. DISK_GB)")
+        if isinstance(entry, Mapping):  # keys set from the environment arrive upper-case
+            entry = {str(k).lower(): v for k, v in entry.items()}
+        if not isinstance(entry, Mapping) or set(entry) - {"reserved", "allocation_ratio"}:
+            raise ConfigError(f"settings key {where!r} = {entry!r}: {expected}")
+        reserved = entry.get("reserved", 0)
+        ratio = entry.get("allocation_ratio", 1.0)
+        if not (_is_whole(reserved) and reserved >= 0):
+            raise ConfigError(f"settings key '{where}.reserved' = {reserved!r}: expected a "
+                              "whole number of units, 0 or more")
+        if not (_is_number(ratio) and ratio > 0):
+            raise ConfigError(f"settings key '{where}.allocation_ratio' = {ratio!r}: expected "
+                              "a number greater than 0 (1.0: no over-commit)")
+        found[rc] = {"reserved": int(reserved), "allocation_ratio": float(ratio)}
+    return found
 
 
 _URL_KEYS = ("redis_url", "broker_url", "result_backend", "records_url")
@@ -422,6 +463,7 @@ def build_config(raw: Mapping[str, Any], *, env: str = DEFAULT_ENV,
         publish_wait_replicas=int(get(raw, "publish_wait_replicas")),
         publish_wait_timeout=float(get(raw, "publish_wait_timeout")),
         host=get(raw, "host") or socket.gethostname(),
+        zone=get(raw, "zone"),
         rpc_timeout=float(get(raw, "rpc_timeout")),
         visibility_timeout=visibility_timeout,
         result_expires=int(get(raw, "result_expires")),

@@ -191,6 +191,18 @@ class Registry:
         )
         return float(bytes_to_str(stamp))
 
+    def report_many(self, service: str, infos: dict[str, dict[str, Any]]) -> None:
+        """Store a heartbeat of ``service`` for each host of ``infos`` (host -> info), in one
+        pipelined round trip: for tools that report for many hosts (a simulator, a proxy)."""
+        pipe = self.redis.pipeline(transaction=False)
+        keys = [registry_key("services"), registry_key(service), registry_key(service, "seen"),
+                registry_key(service, "versions")]
+        for host, info in infos.items():
+            self._report(keys=keys, args=[service, host,
+                                          json.dumps(info, separators=(",", ":"), default=str),
+                                          str(info.get("rpc_api_version") or "")], client=pipe)
+        pipe.execute()
+
     def publish_api(self, api: ServiceAPI) -> None:
         """Publish the API of ``api.service`` at ``api.version`` for callers."""
         pipe = self.redis.pipeline(transaction=True)
@@ -337,6 +349,42 @@ class Registry:
             return apis[min(live, key=version_key)][0]
         return min(apis.values(), key=lambda entry: entry[1])[0]
 
+    def is_disabled(self, service: str, host: str) -> bool:
+        """Whether an operator keeps new work away from ``service`` on ``host``."""
+        return bool(self.redis.hexists(registry_key(service, "disabled"), host))
+
+    @staticmethod
+    def state_keys(service: str) -> tuple[str, str]:
+        """The hashes (host -> heartbeat time; host -> why disabled) a host's state is read
+        from, for tools that read them with other data in one round trip."""
+        return registry_key(service, "seen"), registry_key(service, "disabled")
+
+    def state_of(self, raw_seen: Any, raw_disabled: Any, now: float) -> dict[str, Any]:
+        """``{state, age, alive, disabled_reason}`` of a host from its two entries as stored
+        (None: absent) at ``now`` (Redis clock)."""
+        stamp = _stamp(raw_seen) if raw_seen else 0.0
+        age = now - stamp if stamp else None
+        alive = age is not None and age <= self.service_down_time
+        return {"state": DISABLED if raw_disabled else UP if alive else DOWN, "age": age,
+                "alive": alive,
+                "disabled_reason": _reason(raw_disabled) if raw_disabled else None}
+
+    def states(self, service: str, hosts: builtins.list[str]) -> dict[str, dict[str, Any]]:
+        """Host -> ``{state, age, alive, disabled_reason}`` for each of ``hosts``: one round
+        trip, whatever the size of the fleet. A host the registry does not know is ``down``,
+        age None."""
+        if not hosts:
+            return {}
+        seen_key, disabled_key = self.state_keys(service)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hmget(seen_key, hosts)
+        pipe.hmget(disabled_key, hosts)
+        (seconds, micros), seen, disabled = pipe.execute()
+        now = float(seconds) + float(micros) / 1e6
+        return {host: self.state_of(raw_seen, raw_disabled, now)
+                for host, raw_seen, raw_disabled in zip(hosts, seen, disabled, strict=True)}
+
     def alive_hosts(self, service: str) -> builtins.list[str]:
         """Hosts of ``service`` that report in time, disabled ones included.
 
@@ -352,14 +400,16 @@ class Registry:
 
 
 class HostsView:
-    """One service's hosts as the registry sees them now, read incrementally (placement).
+    """One service's hosts as the registry sees them now, read incrementally
+    (:meth:`managers.base.Fleet.hosts`).
 
     Each :meth:`read` fetches the heartbeat times and the disabled hosts (small
     values), and the reports only of hosts that reported since the last read:
-    with thousands of hosts, a placement no longer reads and parses every
-    report, yet sees every report, every disable and every departure at once.
-    Entries carry what placement needs: ``host``, ``state``, ``age``,
-    ``alive``, ``capabilities``, ``disabled_reason``.
+    with thousands of hosts, a manager that looks at the whole fleet again and
+    again does not read and parse every report, yet sees every report, every
+    disable and every departure at once. Entries carry ``host``, ``state``,
+    ``age``, ``alive``, ``capabilities``, ``disabled_reason``. (Placement reads
+    only its candidates: :meth:`Registry.state_keys`.)
     """
 
     def __init__(self, service: str) -> None:

@@ -51,6 +51,14 @@ def build_spec(service: ServiceConfig) -> ServiceSpec:
                 f"settings key 'services.{service.name}.manager' = {service.manager!r}: "
                 f"endpoint {name} cannot be served: {exc}"
             ) from exc
+    if cls.placement is not None:
+        try:
+            cls.placement.check(cls)
+        except TypeError as exc:
+            raise ConfigError(
+                f"settings key 'services.{service.name}.manager' = {service.manager!r}: "
+                f"{cls.__qualname__}.placement does not fit its endpoints: {exc}"
+            ) from exc
     periodic = dict(cls.periodic_tasks())
     for name, spacing in service.periodic.items():
         if name not in periodic:

@@ -131,7 +131,7 @@ class EndpointTask(Task):
         context_token = current_context.set(context)
         scope_token = current_scope.set(scope)
         host = self.app.config.host
-        forward_to = None
+        forward_to, extra_hops = None, 0
         # Until the method returns: a request stopped mid-way (SystemExit in a pool
         # process at a shutdown cut-off or a lost broker) must not read as done.
         outcome = "interrupted"
@@ -168,7 +168,7 @@ class EndpointTask(Task):
                     outcome = "ok"
                     return result
                 except Forward as forward:
-                    forward_to = forward.host
+                    forward_to, extra_hops = forward.host, forward.extra_hops
                     outcome = f"forwarded to {forward_to}"
                 except Exception as exc:
                     outcome = f"error {type(exc).__name__}"
@@ -191,7 +191,7 @@ class EndpointTask(Task):
             current_context.reset(context_token)
         # Handed on outside the except block: nothing of the manager's frames stays
         # chained to the exception that ends this run (Celery's Ignore).
-        return self._forward(forward_to, host, kwargs)
+        return self._forward(forward_to, host, kwargs, extra_hops)
 
     def _note_process(self, terminations: Terminations, host: str) -> None:
         """In a prefork child, say in the ledger which process runs the request (Celery's
@@ -271,9 +271,9 @@ class EndpointTask(Task):
             self.update_state(state=PROGRESS, meta={"done": done, "total": total,
                                                     "message": message})
 
-    def _forward(self, target: str, here: str | None, kwargs: Any) -> Any:
+    def _forward(self, target: str, here: str | None, kwargs: Any, extra_hops: int = 0) -> Any:
         hops = int(self.request.get("replaced_task_nesting") or 0)
-        if target == here or hops >= MAX_FORWARD_HOPS:
+        if target == here or hops >= MAX_FORWARD_HOPS + extra_hops:
             raise RemoteError(
                 f"{self.name} was forwarded to {target!r} {hops} times without being served",
                 {"type": "ForwardLoop", "host": here},

@@ -13,16 +13,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from drivers.executor import Executor
 from drivers.loading import load_driver
+from drivers.scheduler.hosts import HostState
 from managers.base import Manager
+from managers.claims import ClaimStore
+from managers.placement import Placement
 from workers.client.rpc import Client
 from workers.core.addresses import is_redis_address
 from workers.core.application import Taskyard
 from workers.core.config import Config
+from workers.core.keys import host_queue, task_name
 from workers.core.registry import HostsView
 from workers.core.specs import ServiceSpec
 from workers.node.cancellation import Terminations
@@ -47,15 +51,17 @@ def expand_options(options: Mapping[str, Any], config: Config) -> dict[str, Any]
 
 
 class NodeFleet:
-    """The :class:`managers.base.Fleet` a node gives its managers: registry and client.
+    """The :class:`managers.base.Fleet` a node gives its managers: registry, claims, client.
 
-    :meth:`hosts` reads the registry incrementally (:class:`HostsView`): a
-    placement among thousands of hosts reads only the reports that changed.
+    :meth:`hosts` reads the registry incrementally (:class:`HostsView`): only the
+    reports that changed. :meth:`candidates` reads a placement's candidates from
+    the index of free capacity with their registry entries, in one round trip.
     """
 
     def __init__(self, app: Taskyard) -> None:
         self.app = app
         self._views: dict[str, HostsView] = {}
+        self._claims: dict[str, ClaimStore] = {}
 
     def hosts(self, service: str) -> list[dict[str, Any]]:
         self.app.config.service(service)
@@ -67,6 +73,51 @@ class NodeFleet:
     def cast(self, service: str, method: str, /, host: str | None = None,
              **kwargs: Any) -> str:
         return Client(service, app=self.app, host=host).cast(method, **kwargs).id
+
+    def candidates(self, service: str, needs: Mapping[str, float], limit: int, *,
+                   zone: str | None = None, include: Sequence[str] = ()) -> list[HostState]:
+        """Read from the index of free capacity with each host's registry entries, in one
+        round trip (the hosts ``include`` names, in one more)."""
+        registry = self.app.registry
+        claims = self._claims.get(service)
+        if claims is None:
+            claims = self._claims[service] = ClaimStore(self.app.records, service)
+        found, now = claims.candidates(needs, limit, zone, also=registry.state_keys(service))
+        hosts = []
+        for candidate in found:
+            state = registry.state_of(candidate.also[0], candidate.also[1], now)
+            hosts.append(HostState(candidate.host, state["state"], {}, state["disabled_reason"],
+                                   state["age"], candidate.zone, candidate.free,
+                                   candidate.failures))
+        have = {host.host for host in hosts}
+        extra = [host for host in include if host not in have]
+        if extra:
+            states = registry.states(service, extra)
+            for candidate in claims.hosts(extra, list(needs)):
+                state = states[candidate.host]
+                hosts.append(HostState(candidate.host, state["state"], {},
+                                       state["disabled_reason"], state["age"], candidate.zone,
+                                       candidate.free, candidate.failures))
+        return hosts
+
+    def states(self, service: str, hosts: list[str]) -> dict[str, dict[str, Any]]:
+        return self.app.registry.states(service, hosts)
+
+    def placement(self, service: str) -> Placement | None:
+        """As the service's nodes published it; as configured here when none has."""
+        api = self.app.api(service)
+        if api is not None and api.placement is not None:
+            return api.placement
+        if service in self.app.config.services:
+            return self.app.spec(service).manager_cls.placement
+        return None
+
+    def resend(self, service: str, method: str, /, *, host: str | None, task_id: str,
+               kwargs: Mapping[str, Any], headers: Mapping[str, Any]) -> None:
+        self.app.send_task(task_name(service, method), kwargs=dict(kwargs), task_id=task_id,
+                           queue=host_queue(service, host) if host else service,
+                           headers={k: v for k, v in headers.items()
+                                    if k.startswith("taskyard_")})
 
 
 def build_manager(app: Taskyard, spec: ServiceSpec, redis: Any = None) -> Manager:

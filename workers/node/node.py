@@ -61,6 +61,8 @@ class Heartbeat(threading.Thread):
         self.failing = False
         #: Whether the APIs of the node's services are published (at the first good beat).
         self.published = False
+        #: Service -> why its inventory could not be reported (logged once per cause).
+        self.inventory_errors: dict[str, str] = {}
 
     def beat(self) -> None:
         """Report every service (publishing their APIs first, once, for callers)."""
@@ -73,6 +75,9 @@ class Heartbeat(threading.Thread):
                 capabilities = manager.capabilities()
             except Exception as exc:
                 capabilities = {"error": f"{type(exc).__name__}: {exc}"}
+            # Inventory first: once a node is seen up, placement finds what it offers.
+            if getattr(manager, "placement", None) is not None:
+                self.report_inventory(service, manager)
             self.node.registry.report(service, self.node.host, {
                 "service": service,
                 "host": self.node.host,
@@ -84,6 +89,25 @@ class Heartbeat(threading.Thread):
                 "capabilities": capabilities,
             })
         self.node.housekeeping()
+
+    def report_inventory(self, service: str, manager: Manager) -> None:
+        """Report what the node offers for placement (out of the index while disabled).
+
+        A failure (the backend cannot say its capacity) is logged when it
+        starts or changes, and leaves the last inventory in place.
+        """
+        node = self.node
+        try:
+            manager.report_inventory(node.config.zone,
+                                     listed=not node.registry.is_disabled(service, node.host))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if self.inventory_errors.get(service) != error:
+                log.warning("inventory of %s on %s cannot be reported: %s", service,
+                            node.host, error)
+            self.inventory_errors[service] = error
+        else:
+            self.inventory_errors.pop(service, None)
 
     def run(self) -> None:
         while not self.stopped.is_set():

@@ -1,0 +1,1 @@
+"""Placement filters: each removes the candidate hosts that cannot take a request, saying why."""

@@ -1,0 +1,1 @@
+"""Placement weighers: each ranks the hosts that passed the filters; multipliers mix them."""
