@@ -33,12 +33,12 @@ from typing import Any
 import redis
 
 from bench.harness import (
-    PROJECT_ROOT,
     Worker,
     child_environment,
     node_command,
     percentile,
     plain_command,
+    settings_of,
     wait_for,
 )
 from bench.noop import SERVICE, stamps_key
@@ -47,9 +47,7 @@ from bench.report import emit, progress
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
-from workers.core.config import load_config
 from workers.core.keys import DELAYED_ENTRIES_KEY, DELAYED_KEY
-from workers.testing.kit import environment_set
 
 HERE = Path(__file__).resolve().parent
 #: Seconds over which the probes fall due (one every ``SPREAD_S / probes`` seconds).
@@ -65,8 +63,7 @@ def run(waiting: int, probes: int, sends: int, log: Callable[[str], None]) -> di
     apps: list[Any] = []
     try:
         env = child_environment(server.url, base / "state")
-        with environment_set({k: v for k, v in env.items() if k.startswith("TASKYARD_")}):
-            config = load_config(cwd=PROJECT_ROOT)
+        config = settings_of(env)
         app = Taskyard(config)
         plain = create_plain_app(config)
         apps += [app, plain]

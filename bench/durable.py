@@ -28,15 +28,13 @@ from typing import Any
 
 import redis
 
-from bench.harness import PROJECT_ROOT, child_environment, interleaved, wait_for
+from bench.harness import child_environment, interleaved, settings_of, wait_for
 from bench.noop import SERVICE
 from bench.plain import NOOP_SERVICE, create_plain_app
 from bench.report import emit, progress
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
-from workers.core.config import load_config
-from workers.testing.kit import environment_set
 
 HERE = Path(__file__).resolve().parent
 BATCH = 500
@@ -52,8 +50,7 @@ def run(casts: int, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
         wait_for(lambda: redis.Redis(port=replica.port).info("replication")
                  ["master_link_status"] == "up", 30, "the replica to sync")
         env = child_environment(master.url, base / "state")
-        with environment_set({k: v for k, v in env.items() if k.startswith("TASKYARD_")}):
-            config = load_config(cwd=PROJECT_ROOT)
+        config = settings_of(env)
         quick = Taskyard(config)
         durable = Taskyard(config.with_overrides(publish_wait_replicas=1))
         plain = create_plain_app(config)

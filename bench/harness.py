@@ -23,6 +23,9 @@ from typing import Any, TypeVar
 
 import psutil
 
+from workers.core.config import Config, load_config
+from workers.testing.kit import environment_set
+
 T = TypeVar("T")
 
 #: Directory holding the ``bench`` package; children import it from here.
@@ -87,6 +90,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def settings_of(env: dict[str, str]) -> Config:
+    """The settings a child with ``env`` reads: its ``TASKYARD_*``, from the project's root."""
+    with environment_set({k: v for k, v in env.items() if k.startswith("TASKYARD_")}):
+        return load_config(cwd=PROJECT_ROOT)
 
 
 def child_environment(redis_url: str, state_dir: Path, **extra: str) -> dict[str, str]:

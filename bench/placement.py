@@ -41,17 +41,15 @@ from typing import Any
 import psutil
 import redis
 
-from bench.harness import Worker, child_environment, node_command, percentile, wait_for
+from bench.harness import Worker, child_environment, node_command, percentile, settings_of, wait_for
 from bench.report import emit, progress
 from bench.scale import BATCH, slope
 from managers.claims import PLACEMENT_PREFIX, ClaimStore, Inventory
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
-from workers.core.config import load_config
 from workers.core.registry import Registry
 from workers.exceptions import NoValidHost
-from workers.testing.kit import environment_set
 
 SIZES = (1_000, 10_000, 100_000)
 HERE = Path(__file__).resolve().parent
@@ -141,8 +139,7 @@ def run(sizes: Sequence[int], count: int, samples: int, schedulers: int, pool: s
     try:
         # Simulated hosts report once: an hour before they count as down.
         env = child_environment(server.url, base / "state", TASKYARD_SERVICE_DOWN_TIME="3600")
-        with environment_set({k: v for k, v in env.items() if k.startswith("TASKYARD_")}):
-            config = load_config()
+        config = settings_of(env)
         app = Taskyard(config)
         records = redis.Redis.from_url(config.records_url)
         registry = Registry(records, service_down_time=config.service_down_time)

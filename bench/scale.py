@@ -49,6 +49,7 @@ from bench.harness import (
     child_environment,
     node_command,
     percentile,
+    settings_of,
     wait_for,
 )
 from bench.report import emit, progress
@@ -56,10 +57,8 @@ from managers.claims import PLACEMENT_PREFIX, ClaimStore, Inventory
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
-from workers.core.config import load_config
 from workers.core.keys import registry_key
 from workers.core.registry import Registry
-from workers.testing.kit import environment_set
 
 SIZES = (1_000, 10_000, 100_000)
 #: Figure -> (the fleet size its target is for, the bound in seconds); memory has none.
@@ -124,8 +123,7 @@ def run(sizes: Sequence[int], reps: int, log: Callable[[str], None]) -> list[dic
     scheduler: Worker | None = None
     try:
         env = child_environment(server.url, base / "state", TASKYARD_SERVICE_DOWN_TIME="3600")
-        with environment_set({k: v for k, v in env.items() if k.startswith("TASKYARD_")}):
-            config = load_config(cwd=PROJECT_ROOT)
+        config = settings_of(env)
         app = Taskyard(config)
         records = redis.Redis.from_url(config.records_url)
         registry = Registry(records, service_down_time=config.service_down_time)

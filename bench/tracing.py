@@ -34,16 +34,14 @@ from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bench.harness import PROJECT_ROOT, child_environment, interleaved
+from bench.harness import child_environment, interleaved, settings_of
 from bench.noop import SERVICE
 from bench.plain import NOOP_SERVICE, create_plain_app
 from bench.report import emit, progress
 from workers.cli.embedded import RedisServer
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
-from workers.core.config import load_config
 from workers.extensions.publishing import announce, listened
-from workers.testing.kit import environment_set
 
 HERE = Path(__file__).resolve().parent
 BATCH = 500
@@ -87,8 +85,7 @@ def run(casts: int, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
     apps: list[Any] = []
     try:
         env = child_environment(server.url, base / "state")
-        with environment_set({k: v for k, v in env.items() if k.startswith("TASKYARD_")}):
-            config = load_config(cwd=PROJECT_ROOT)
+        config = settings_of(env)
         app = Taskyard(config)
         plain = create_plain_app(config)
         apps += [app, plain]
