@@ -38,6 +38,7 @@ from workers.core.revocations import Holder, Revocations
 from workers.exceptions import Expired
 from workers.extensions.backend import rebuild_exception
 from workers.extensions.take import TAKE, ring
+from workers.extensions.transport import Acknowledgements
 from workers.node.cancellation import TERMINATED, Terminations
 from workers.node.mover import Mover
 
@@ -402,3 +403,38 @@ def test_the_take_leaves_a_poison_entry_unrecorded_for_the_channel_to_refuse() -
     assert take(redis, "volume")[2:3] == [0]  # type: ignore[index]
     assert redis.hlen("unacked") == 0 and redis.hlen(INFLIGHT_OWNERS_KEY) == 0
 
+
+
+# -- acknowledgements a failed-over master may have lost -------------------------------
+
+
+def held(redis: fakeredis.FakeRedis, tag: str, task_id: str) -> None:
+    redis.zadd("unacked_index", {tag: 1.0})
+    redis.hset("unacked", tag, "[]")
+    redis.hset(INFLIGHT_OWNERS_KEY, tag, "node-a")
+    redis.hset(inflight_key("node-a"), tag, task_id)
+    redis.hset(INFLIGHT_TASKS_KEY, task_id, "node-a")
+
+
+def test_acknowledgements_made_before_a_lost_connection_are_made_again_at_the_reconnection(
+) -> None:
+    acks = Acknowledgements()
+    acks.made("tag-1", "unacked", "unacked_index")
+    acks.connection_lost()
+    assert acks.holds("tag-1")  # recovery does not put its message back
+    promoted = fakeredis.FakeRedis()  # the promoted replica never got the acknowledgement
+    held(promoted, "tag-1", "task-1")
+    assert acks.remake(promoted) == 1
+    assert promoted.hlen("unacked") == 0 and promoted.zcard("unacked_index") == 0
+    assert promoted.hlen(INFLIGHT_OWNERS_KEY) == 0 and promoted.hlen(INFLIGHT_TASKS_KEY) == 0
+    assert not acks.holds("tag-1") and acks.remake(promoted) == 0
+
+
+def test_an_acknowledgement_a_lost_connection_refused_is_made_at_the_next_heartbeat() -> None:
+    acks = Acknowledgements()
+    acks.refused("tag-2", "unacked", "unacked_index")
+    assert len(acks) == 1 and acks.holds("tag-2")
+    redis = fakeredis.FakeRedis()
+    held(redis, "tag-2", "task-2")
+    assert acks.settle(redis) == 1
+    assert redis.hlen("unacked") == 0 and len(acks) == 0

@@ -24,6 +24,7 @@ from celery.worker.state import active_requests
 
 from workers.exceptions import UnknownEndpoint
 from workers.extensions.refusal import header, refuse_message
+from workers.extensions.transport import ACKS
 
 log = logging.getLogger("taskyard.consumer")
 
@@ -100,9 +101,12 @@ class Consumer(CeleryConsumer):
         :data:`workers.core.application.NODE_RESULT_RETRY_POLICY`), their
         messages stay in the in-flight ledger (the reconnection does not put
         back what the node still holds, :class:`workers.node.recovery.RecoverStep`),
-        and an acknowledgement the lost connection refused is made at the
-        next heartbeat (:class:`workers.extensions.transport.Acknowledgements`).
+        an acknowledgement the lost connection refused is made at the next
+        heartbeat, and those made just before the loss are made again at the
+        reconnection, in case a failed-over master lost them
+        (:class:`workers.extensions.transport.Acknowledgements`).
         """
+        ACKS.connection_lost()
         with warnings.catch_warnings():
             # Celery warns that it will cancel running tasks by default one day; it does not
             # here (worker_cancel_long_running_tasks_on_connection_loss is off).

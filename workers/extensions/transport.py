@@ -145,76 +145,86 @@ class Checks(NamedTuple):
 class Acknowledgements:
     """This process's acknowledgements that Redis may not have kept, made again until it has.
 
-    Two kinds, both process state by nature (acknowledgements are made by the
-    process that took the messages, whatever channel it took them on):
+    Process state by nature: acknowledgements are made by the process that
+    took the messages, whatever channel it took them on. Two kinds:
 
     - **refused**: a request that finishes after its node lost the broker
       acknowledges through the channel of the lost connection, which can no
       longer reach Redis. Its message stays held (kombu's unacked indices and
       the ledger), and the node's heartbeat makes the acknowledgement once
       Redis answers again (:meth:`settle`, from :class:`workers.node.recovery.Recovery`);
-    - **recent**: an acknowledgement Redis took in the last :data:`RECENT_ACKS_S`
-      seconds may be lost with a master that dies before its replicas have it;
-      at each reconnection, before the node puts back what it no longer holds,
-      these are made again (:meth:`remake`), so a request that ran to its end
+    - **unsure**: an acknowledgement Redis took in the last :data:`RECENT_ACKS_S`
+      seconds before the connection was lost may be lost with a master that
+      died before its replicas had it. When the connection is lost
+      (:meth:`connection_lost`) those are kept, however long the failover
+      takes, and made again at the reconnection (:meth:`remake`), before the
+      node puts back what it no longer holds: a request that ran to its end
       is not put back and run again.
+
+    kombu's unacked keys are the same for every channel of a process: they
+    are noted once (:meth:`made`, :meth:`refused`).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: delivery tag -> (unacked key, unacked index key).
-        self._refused: dict[str, tuple[str, str]] = {}
-        self._recent: collections.OrderedDict[str, tuple[float, str, str]] = \
-            collections.OrderedDict()
+        self._refused: set[str] = set()
+        self._unsure: set[str] = set()
+        #: The latest acknowledgements: delivery tag -> when (monotonic seconds).
+        self._recent: collections.OrderedDict[str, float] = collections.OrderedDict()
+        #: kombu's unacked hash and index keys.
+        self._keys = ("unacked", "unacked_index")
 
     def refused(self, tag: str, unacked_key: str, index_key: str) -> None:
         with self._lock:
-            self._refused[tag] = (unacked_key, index_key)
+            self._keys = (unacked_key, index_key)
+            self._refused.add(tag)
 
     def made(self, tag: str, unacked_key: str, index_key: str) -> None:
         now = time.monotonic()
         with self._lock:
-            self._recent[tag] = (now, unacked_key, index_key)
-            while self._recent:
-                oldest = next(iter(self._recent.values()))[0]
-                if now - oldest <= RECENT_ACKS_S:
-                    break
+            self._keys = (unacked_key, index_key)
+            self._recent[tag] = now
+            while self._recent and now - next(iter(self._recent.values())) > RECENT_ACKS_S:
                 self._recent.popitem(last=False)
+
+    def connection_lost(self) -> None:
+        """Keep the latest acknowledgements to make again at the reconnection."""
+        with self._lock:
+            self._unsure.update(self._recent)
+            self._recent.clear()
 
     def __len__(self) -> int:
         return len(self._refused)
 
     def holds(self, tag: str) -> bool:
         """Whether ``tag``'s request ran to its end here (its acknowledgement is kept)."""
-        return tag in self._refused or tag in self._recent
+        return tag in self._refused or tag in self._unsure or tag in self._recent
 
     def settle(self, client: Any) -> int:
         """Make the refused acknowledgements (``client``: the broker's Redis); how many."""
         with self._lock:
-            refused = dict(self._refused)
+            refused = set(self._refused)
         self._apply(client, refused)
         with self._lock:
-            for tag in refused:
-                self._refused.pop(tag, None)
+            self._refused -= refused
         return len(refused)
 
     def remake(self, client: Any) -> int:
-        """Make the recent and refused acknowledgements again (after a reconnection)."""
+        """Make the unsure and refused acknowledgements again (at a reconnection)."""
         with self._lock:
-            again = {tag: (unacked, index) for tag, (_, unacked, index) in self._recent.items()}
-            again.update(self._refused)
+            again = self._unsure | self._refused
         self._apply(client, again)
         with self._lock:
-            for tag in again:
-                self._refused.pop(tag, None)
+            self._refused -= again
+            self._unsure -= again
         return len(again)
 
-    @staticmethod
-    def _apply(client: Any, acks: dict[str, tuple[str, str]]) -> None:
-        if not acks:
+    def _apply(self, client: Any, tags: set[str]) -> None:
+        if not tags:
             return
+        unacked_key, index_key = self._keys
         with client.pipeline() as pipe:
-            for tag, (unacked_key, index_key) in acks.items():
+            for tag in tags:
                 pipe.zrem(index_key, tag)
                 pipe.hdel(unacked_key, tag)
                 pipe.eval(_FORGET, 2, INFLIGHT_OWNERS_KEY, INFLIGHT_TASKS_KEY, tag,
@@ -222,9 +232,9 @@ class Acknowledgements:
             pipe.execute()
 
 
-#: Seconds an acknowledgement is made again after a reconnection (a replica is normally
-#: far less behind its master than this).
-RECENT_ACKS_S = 30.0
+#: Seconds before a lost connection whose acknowledgements are made again at the
+#: reconnection (a replica is normally far less behind its master than this).
+RECENT_ACKS_S = 10.0
 
 #: This process's acknowledgements that Redis may not have kept (see :class:`Acknowledgements`).
 ACKS = Acknowledgements()
