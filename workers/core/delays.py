@@ -32,7 +32,7 @@ from typing import Any
 
 from kombu.utils.encoding import bytes_to_str
 
-from workers.core.keys import BELL_MAX, DELAYED_ENTRIES_KEY, DELAYED_KEY, bell_key
+from workers.core.keys import DELAYED_ENTRIES_KEY, DELAYED_KEY, bell_key
 
 #: The bell of a list is this prefix and the list's name (see workers.extensions.take).
 BELL_PREFIX = bell_key("")
@@ -59,7 +59,7 @@ return n
 """
 
 #: Moves up to ARGV[1] due requests to their lists, ringing each list's bell (ARGV[2] ..
-#: list, at most ARGV[3] tokens); returns {moved, seconds until the next is due (-1: none
+#: list, one token per request); returns {moved, seconds until the next is due (-1: none
 #: waits)} by Redis's clock.
 _MOVE = """
 local t = redis.call('TIME')
@@ -72,7 +72,6 @@ for _, id in ipairs(due) do
     local list = string.sub(entry, 1, cut - 1)
     redis.call('LPUSH', list, string.sub(entry, cut + 1))
     redis.call('LPUSH', ARGV[2] .. list, '1')
-    redis.call('LTRIM', ARGV[2] .. list, 0, tonumber(ARGV[3]) - 1)
     redis.call('HDEL', KEYS[2], id)
   end
   redis.call('ZREM', KEYS[1], id)
@@ -163,7 +162,7 @@ class DelayedRequests:
     def move_due(self, limit: int = MOVE_BATCH) -> Moved:
         """Move up to ``limit`` due requests to their queues (Redis's clock)."""
         moved, wait = self.redis.eval(_MOVE, 2, DELAYED_KEY, DELAYED_ENTRIES_KEY, limit,
-                                      BELL_PREFIX, BELL_MAX)
+                                      BELL_PREFIX)
         seconds = float(bytes_to_str(wait))
         return Moved(int(moved), None if seconds < 0 else seconds)
 

@@ -112,7 +112,7 @@ def attempts_key(task_id: str) -> str:
     return key("attempts", task_id)
 
 
-#: Tokens a queue's bell holds at most: how many idle nodes one burst can wake.
+#: Tokens one batch adds to a queue's bell at most: how many idle nodes one burst wakes.
 BELL_MAX = 1000
 
 

@@ -22,8 +22,8 @@ wait ends. ``BLPOP`` hands each token to one waiting node, so a message wakes
 one node, not every node of its queue; a message published without a bell
 (by a plain Celery or ``celery-node`` caller) is taken at the next take of
 any node: at once on a busy node, within ``brpop_timeout`` on an idle one.
-The script drops one token for each message it takes, so bells stay as
-short as their queues (and at most :data:`BELL_MAX` long).
+The script drops one token for each message it takes, so a bell is never
+longer than its queue (a batch adds at most :data:`BELL_MAX` tokens).
 
 A message the script cannot read as kombu's envelope (a poison entry), or
 larger than ``max_message_bytes``, is not recorded: it is returned as it is
@@ -40,11 +40,13 @@ from workers.core.keys import BELL_MAX, bell_key
 BELL_TOKEN = "1"
 
 
-def ring(pipe: Any, list_key: str) -> None:
-    """Add to ``pipe`` the commands that ring ``list_key``'s bell (one message more)."""
-    bell = bell_key(list_key)
-    pipe.lpush(bell, BELL_TOKEN)
-    pipe.ltrim(bell, 0, BELL_MAX - 1)
+def ring(pipe: Any, list_key: str, messages: int = 1) -> None:
+    """Add to ``pipe`` the command that rings ``list_key``'s bell for ``messages`` more.
+
+    One token per message (at most :data:`BELL_MAX` at once: as many nodes as one
+    burst may wake); each take drops one, so a bell is never longer than its list.
+    """
+    pipe.lpush(bell_key(list_key), *[BELL_TOKEN] * max(1, min(messages, BELL_MAX)))
 
 
 #: KEYS: unacked hash, unacked index, ledger owners, ledger tasks, ledger hosts.

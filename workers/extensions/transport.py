@@ -57,7 +57,6 @@ from workers.core.connections import FollowingConnection, FollowingSSLConnection
 from workers.core.deadletters import DeadLetters, service_of
 from workers.core.delays import Delayed, DelayedRequests, Marker
 from workers.core.keys import (
-    BELL_MAX,
     INFLIGHT_HOSTS_KEY,
     INFLIGHT_OWNERS_KEY,
     INFLIGHT_TASKS_KEY,
@@ -68,7 +67,7 @@ from workers.core.keys import (
 )
 from workers.core.revocations import Holder
 from workers.exceptions import Unavailable
-from workers.extensions.take import TAKE, ring
+from workers.extensions.take import BELL_TOKEN, TAKE, ring
 
 log = logging.getLogger("taskyard.transport")
 
@@ -634,10 +633,8 @@ class Channel(kombu_redis.Channel):
         batch = kwargs.pop("_publish_batch", None)
         if batch is not None:
             super()._put(queue, message, _publish_batch=batch, **kwargs)
-            bell = bell_key(self._q_for_pri(queue, self._get_message_priority(
-                message, reverse=False)))
-            batch.add("lpush", bell, "1")
-            batch.add("ltrim", bell, 0, BELL_MAX - 1)
+            batch.add("lpush", bell_key(self._q_for_pri(queue, self._get_message_priority(
+                message, reverse=False))), BELL_TOKEN)
             return None
         with self._sending() as pipe:
             self._push(pipe, queue, message)
@@ -666,6 +663,10 @@ class Channel(kombu_redis.Channel):
         priority = self._get_message_priority(message, reverse=False)
         pipe.lpush(self._q_for_pri(queue, priority), dumps(message))
         ring(pipe, self._q_for_pri(queue, priority))
+        self._expire(pipe, queue)
+
+    def _expire(self, pipe: Any, queue: str) -> None:
+        """kombu's expiry of ``queue``'s lists, for a queue declared with one."""
         if self._expires and queue in self._expires:
             for step in self.priority_steps:
                 pipe.pexpire(self._q_for_pri(queue, step), self._expires[queue])
@@ -701,8 +702,18 @@ class Channel(kombu_redis.Channel):
         """
         with self._sending() as pipe:
             if due is None:
+                # One LPUSH per list (the same entries, in the same order, as one push
+                # each) and one ring of its bell for them all.
+                lists: dict[str, list[str]] = {}
                 for queue, body, headers, properties in messages:
-                    self._push(pipe, queue, self._task_message(queue, body, headers, properties))
+                    message = self._task_message(queue, body, headers, properties)
+                    priority = self._get_message_priority(message, reverse=False)
+                    lists.setdefault(self._q_for_pri(queue, priority), []).append(
+                        dumps(message))
+                    self._expire(pipe, queue)
+                for list_key, entries in lists.items():
+                    pipe.lpush(list_key, *entries)
+                    ring(pipe, list_key, len(entries))
             else:
                 waiting = []
                 for queue, body, headers, properties in messages:
