@@ -1,6 +1,8 @@
-"""The README runs as written: every Python and shell snippet in it, with the outputs it shows.
+"""The README and the site's tutorial pages run as written: every snippet, with its outputs.
 
-Each fenced block of the README has a language: ``python``, ``console``
+:data:`DOCUMENTS` are the pages a newcomer follows: the README, and the site's getting
+started, tutorial and the guides whose snippets run against the quickstart's node. Each
+fenced block of them has a language: ``python``, ``console``
 (``$ command`` lines, each followed by the output it prints), ``sh``,
 ``toml`` or ``text``. Every ``python``, ``console`` and ``sh`` block is
 preceded by a marker saying how it runs:
@@ -26,12 +28,14 @@ preceded by a marker saying how it runs:
 ``<!-- readme: outside -->``
     Run by ``tests/integration/test_installed.py`` in fresh virtualenvs.
 ``<!-- example: FILE -->``
-    The "write your own service" example (and the testing kit's), written to
-    FILE and run by the tests below.
+    The examples of a service of your own (and of the testing kit), written to
+    FILE and run by the tests below; a FILE shown on two pages is the same on both.
 
 Two fleets: ``quickstart`` (the node ``taskyard up`` starts, on the private
 Redis it starts itself) and ``fleet`` (the nodes of "Run a fleet", on a
-private ``redis-server`` of their own).
+private ``redis-server`` of their own). A fleet's blocks run in the order of
+:data:`DOCUMENTS`, then of each page. The markers are HTML comments: the built
+site does not show them.
 """
 
 from __future__ import annotations
@@ -58,10 +62,27 @@ from workers.core.registry import Registry
 from workers.testing import node_environment, wait_for
 
 README = REPO_ROOT / "README.md"
+DOCS = REPO_ROOT / "docs"
+#: The pages whose every snippet runs, in the order their fleets' blocks run.
+DOCUMENTS = [
+    README,
+    DOCS / "getting-started.md",
+    DOCS / "client.md",
+    DOCS / "monitoring.md",
+    DOCS / "reference" / "settings.md",
+    DOCS / "security.md",
+    DOCS / "tutorial" / "write-a-service.md",
+    DOCS / "tutorial" / "test-it.md",
+    DOCS / "tutorial" / "capacity.md",
+    DOCS / "tutorial" / "your-own-project.md",
+    DOCS / "tutorial" / "run-a-fleet.md",
+]
+#: Pages with example blocks of their own tests: ``tests/integration/test_tracing.py``.
+RUN_ELSEWHERE = [DOCS / "tracing.md"]
 LANGUAGES = {"python", "console", "sh", "toml", "text"}
 RUNNABLE = {"python", "console", "sh"}
 KINDS = {"setup", "session", "python", "commands", "background", "start", "ci", "outside"}
-#: Seconds a node or Flower started from the README may take to serve.
+#: Seconds a node or Flower started from a page may take to serve.
 START_TIMEOUT_S = 60.0
 
 _BLOCK = re.compile(r"(?:<!-- (readme|example): ([^>]*?) -->\n)?^```([\w-]*)\n(.*?)^```$",
@@ -76,18 +97,24 @@ class Block:
     marker: str | None = None
     kind: str | None = None
     args: list[str] = field(default_factory=list)
+    path: Path = README
+
+    @property
+    def page(self) -> str:
+        return str(self.path.relative_to(REPO_ROOT))
 
     def __str__(self) -> str:
-        return f"README.md line {self.line} ({self.kind} {' '.join(self.args)})"
+        return f"{self.page} line {self.line} ({self.kind} {' '.join(self.args)})"
 
 
-def blocks() -> list[Block]:
-    text = README.read_text()
+def page_blocks(path: Path) -> list[Block]:
+    """The fenced blocks of one page, with their markers."""
+    text = path.read_text()
     found = []
     for match in _BLOCK.finditer(text):
         marker, value, language, body = match.groups()
         line = text.count("\n", 0, match.start(3)) + 1
-        block = Block(line, language, body, marker)
+        block = Block(line, language, body, marker, path=path)
         if marker == "readme":
             block.kind, *block.args = value.split()
         elif marker == "example":
@@ -96,8 +123,20 @@ def blocks() -> list[Block]:
     return found
 
 
+def blocks() -> list[Block]:
+    """The blocks of every page of :data:`DOCUMENTS`, in order."""
+    return [block for path in DOCUMENTS for block in page_blocks(path)]
+
+
 def examples() -> dict[str, str]:
-    return {b.args[0]: b.body for b in blocks() if b.kind == "example"}
+    """FILE -> its body, for every ``example`` block of :data:`DOCUMENTS`."""
+    found: dict[str, str] = {}
+    for block in blocks():
+        if block.kind == "example":
+            name = block.args[0]
+            assert found.setdefault(name, block.body) == block.body, (
+                f"{block}: {name} differs from the one shown earlier")
+    return found
 
 
 def of(kind: str, fleet: str | None = None) -> list[Block]:
@@ -140,16 +179,29 @@ def sessions(block: Block) -> list[tuple[str, str]]:
 # -- the rules --------------------------------------------------------------------------
 
 
-def test_every_block_has_a_language_and_every_snippet_a_way_to_run() -> None:
-    for block in blocks():
-        assert block.language in LANGUAGES, f"line {block.line}: fence it as one of {LANGUAGES}"
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_block_has_a_language_and_every_snippet_a_way_to_run(path: Path) -> None:
+    found = page_blocks(path)
+    assert found, f"{path}: no blocks"
+    for block in found:
+        assert block.language in LANGUAGES, f"{block}: fence it as one of {LANGUAGES}"
         if block.language in RUNNABLE:
             assert block.kind in KINDS | {"example"}, (
-                f"line {block.line}: a {block.language} block needs a marker saying how it runs")
+                f"{block}: a {block.language} block needs a marker saying how it runs")
         if block.kind in ("session", "python", "commands", "background", "start"):
             assert block.args and block.args[0] in ("quickstart", "fleet"), str(block)
         if block.language == "console":
-            assert block.body.startswith("$ "), f"line {block.line}: a session starts with $"
+            assert block.body.startswith("$ "), f"{block}: a session starts with $"
+        if block.kind in ("setup", "ci"):
+            assert block.path == README or block.body == of(block.kind)[0].body, (
+                f"{block}: the set-up commands are the README's")
+
+
+def test_every_page_with_runnable_blocks_is_run() -> None:
+    marked = {path for path in DOCS.rglob("*.md")
+              if re.search(r"<!-- (readme|example): ", path.read_text())}
+    assert marked <= set(DOCUMENTS) | set(RUN_ELSEWHERE), (
+        f"add to DOCUMENTS: {sorted(map(str, marked - set(DOCUMENTS)))}")
 
 
 def test_the_commands_ci_runs_are_the_readmes() -> None:
@@ -268,14 +320,14 @@ def _serves(url: str) -> bool:
 
 
 def run_block(fleet: Fleet, block: Block) -> None:
-    """Run one README block in ``fleet`` as its marker says (see the module doc)."""
+    """Run one block in ``fleet`` as its marker says (see the module doc)."""
     if block.kind == "session":
         for command, expected in sessions(block):
             done = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=fleet.env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   timeout=120, stdin=subprocess.DEVNULL)
             assert matches(expected, done.stdout), (
-                f"{block}: $ {command}\nprinted:\n{done.stdout}\nthe README shows:\n{expected}")
+                f"{block}: $ {command}\nprinted:\n{done.stdout}\nthe page shows:\n{expected}")
     elif block.kind == "python":
         done = subprocess.run([sys.executable, "-c", block.body], cwd=REPO_ROOT, env=fleet.env,
                               capture_output=True, text=True, timeout=300,
@@ -287,7 +339,8 @@ def run_block(fleet: Fleet, block: Block) -> None:
             assert done.returncode == 0, f"{block}: {command}\n{done.stderr[-3000:]}"
     elif block.kind == "background":
         for index, command in enumerate(lines(block)):
-            run_in_background(fleet, block, command, f"bg-{block.line}-{index}")
+            name = f"bg-{block.path.stem}-{block.line}-{index}"
+            run_in_background(fleet, block, command, name)
     else:
         raise AssertionError(f"{block}: not a block to run in a fleet")
 
@@ -317,7 +370,7 @@ def run_in_background(fleet: Fleet, block: Block, command: str, name: str) -> No
         # A node stopped this soon after it started may leave its first periodic run in its
         # own queue, for the next node of its name: a user's next node (their machine's
         # name) takes it; this one-off name never returns, so the run is dropped here, or
-        # every later `taskyard status` of the README would show it waiting.
+        # every later `taskyard status` of the pages would show it waiting.
         for queue in fleet.registry.redis.scan_iter(match=f"*.{host}*"):
             fleet.registry.redis.delete(queue)
     assert code == 0, f"{block}: {command} exited {code}:\n{fleet.log(name)}"
@@ -325,14 +378,14 @@ def run_in_background(fleet: Fleet, block: Block, command: str, name: str) -> No
 
 def test_the_quickstart_runs_as_written(quickstart: Fleet) -> None:
     ran = [b for b in blocks() if b.args[:1] == ["quickstart"]]
-    assert ran, "the README has quickstart blocks"
+    assert {b.path for b in ran} >= {README, DOCS / "getting-started.md"}
     for block in ran:
         run_block(quickstart, block)
 
 
 def test_run_a_fleet_runs_as_written(fleet: Fleet) -> None:
     ran = [b for b in blocks() if b.args[:1] == ["fleet"] and b.kind != "start"]
-    assert ran, "the README has fleet blocks"
+    assert ran, "the tutorial has fleet blocks"
     for block in ran:
         run_block(fleet, block)
 
@@ -349,13 +402,20 @@ def json_documents(text: str) -> list[Any]:
     return found
 
 
-def test_the_readme_has_the_examples() -> None:
-    assert set(examples()) == {"words_service.py", "words.toml", "words.sh", "test_words.py",
+def test_the_pages_have_the_examples() -> None:
+    assert set(examples()) == {"hello_service.py", "hello.toml", "hello.sh",
+                               "words_service.py", "words.toml", "words.sh", "test_words.py",
                                "buckets_service.py", "buckets.toml", "test_buckets.py"}
+    readme = {b.args[0] for b in page_blocks(README) if b.kind == "example"}
+    assert readme == {"hello_service.py", "hello.toml", "hello.sh"}
 
 
-def test_the_words_service_example_runs_as_written(
-    redis_server: RedisServer, tmp_path: Path
+@pytest.mark.parametrize(("script", "printed"), [
+    ("hello.sh", [{"greeting": "hello, ada", "host": "hello-node"}]),
+    ("words.sh", [{"host": "words-node", "words": 3}, {"host": "py-node", "words": 2}]),
+])
+def test_the_service_example_runs_as_written(
+    script: str, printed: list[dict[str, Any]], redis_server: RedisServer, tmp_path: Path
 ) -> None:
     for name, body in examples().items():
         (tmp_path / name).write_text(body)
@@ -366,7 +426,7 @@ def test_the_words_service_example_runs_as_written(
     with out_path.open("w") as out, err_path.open("w") as err:
         # Files, not pipes: the nodes the script starts in the background keep them open.
         script = subprocess.Popen(
-            ["bash", "-e", str(tmp_path / "words.sh")], cwd=tmp_path, env=env,
+            ["bash", "-e", str(tmp_path / script)], cwd=tmp_path, env=env,
             stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     try:
@@ -374,10 +434,7 @@ def test_the_words_service_example_runs_as_written(
     finally:
         os.killpg(script.pid, signal.SIGTERM)  # the nodes the script left running
     assert code == 0, err_path.read_text()[-3000:]
-    assert json_documents(out_path.read_text()) == [
-        {"host": "words-node", "words": 3},
-        {"host": "py-node", "words": 2},
-    ]
+    assert json_documents(out_path.read_text()) == printed
 
 
 def test_the_testing_kit_example_passes_against_the_words_service(tmp_path: Path) -> None:

@@ -221,7 +221,7 @@ def test_wait_settings_reach_the_channel(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "taskyard_wait_replicas" in Channel.from_transport_options
 
 
-@pytest.mark.parametrize("document", ["README.md", "docs/operations.md"])
+@pytest.mark.parametrize("document", ["docs/operations.md"])
 def test_the_documented_sentinel_settings_are_read_as_documented(
         document: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = (REPO_ROOT / document).read_text()
