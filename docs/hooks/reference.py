@@ -14,6 +14,7 @@ functions directly.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import sys
@@ -143,13 +144,19 @@ def unit_of(key: str, default: Any, comment: str) -> str:
                       f"UNITS in {Path(__file__).name}")
 
 
+def _code(text: str) -> str:
+    """Inline code that never breaks inside (a key): see stylesheets/extra.css."""
+    return f'<code class="whole">{html.escape(text)}</code>'
+
+
 def _literal(value: Any) -> str:
-    if isinstance(value, dict):
-        return "`{}`"
-    return f"`{json.dumps(value)}`"
+    text = "{}" if isinstance(value, dict) else json.dumps(value)
+    return f"<code>{html.escape(text)}</code>"
 
 
 def _cell(text: str) -> str:
+    # "see docs/operations.md" in a comment: a link to that page, from reference/settings.md.
+    text = re.sub(r"\bdocs/([\w-]+)\.md\b", r"[\1](../\1.md)", text)
     text = re.sub(r"(?<![`\w])(TASKYARD_[A-Z_]+|[\w.]+\.toml|\[default[\w.]*\])", r"`\1`", text)
     return text.replace("|", "\\|")
 
@@ -168,7 +175,8 @@ def settings_markdown(text: str) -> str:
             out.append("```toml\n" + textwrap.dedent("\n".join(example)) + "\n```\n")
         out.append("| key | default | unit | meaning |\n|---|---|---|---|")
         for s in table.settings:
-            out.append(f"| `{s.key}` | {_literal(s.default)} | {s.unit} | {_cell(s.meaning)} |")
+            cells = [_code(s.key), _literal(s.default), s.unit, _cell(s.meaning)]
+            out.append(f"| {' | '.join(cells)} |")
         out.append("")
     return "\n".join(out)
 

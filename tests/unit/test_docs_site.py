@@ -8,6 +8,7 @@ check the same without building the site.
 
 from __future__ import annotations
 
+import html
 import importlib
 import importlib.util
 import re
@@ -40,12 +41,13 @@ hooks = load_hooks()
 
 
 def rows(markdown: str) -> dict[str, list[str]]:
-    """key -> its cells, for every row of the generated settings tables."""
+    """key -> its cells as text, for every row of the generated settings tables."""
     found = {}
     for line in markdown.splitlines():
-        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
-        if len(cells) == 4 and cells[0].startswith("`") and cells[0] != "`key`":
-            found[cells[0].strip("`")] = cells[1:]
+        cells = [html.unescape(re.sub(r"<[^>]+>", "", cell)).strip()
+                 for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 4 and line.startswith("| <code"):
+            found[cells[0]] = cells[1:]
     return found
 
 
@@ -54,10 +56,10 @@ def test_the_settings_page_names_every_key_of_the_defaults_with_its_default_and_
     generated = rows(hooks.settings_markdown(text))
     assert set(generated) == hooks.settings_keys(text)
     assert "rpc_timeout" in generated and "flower.port" in generated
-    assert generated["rpc_timeout"] == [
-        "`30`", "seconds", "seconds Client.call waits for an answer"]
+    assert generated["rpc_timeout"] == ["30", "seconds", "seconds Client.call waits for an answer"]
+    assert generated["redis_url"][0] == '"redis://127.0.0.1:6379/0"'
     for key, (default, _unit, meaning) in generated.items():
-        assert default.startswith("`") and meaning, key
+        assert default and meaning, key
 
 
 def test_every_number_of_the_defaults_has_a_unit() -> None:
