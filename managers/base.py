@@ -140,7 +140,18 @@ def periodic_task(*, spacing: float, run_immediately: bool = False,
 
     It runs as the task ``<service>.periodic.<name>`` on the node's own queue,
     never twice at once on one node; an exception is logged and the schedule
-    goes on (its next run is its retry: retry options are refused here).
+    goes on (its next run is its retry: retry options are refused here)::
+
+        @periodic_task(spacing=10)
+        def reconcile_instances(self) -> None:
+            ...
+
+    :param spacing: seconds between runs; the setting
+        ``services.<name>.periodic.<method>`` changes it per fleet.
+    :param run_immediately: run once as the node starts, instead of after the
+        first ``spacing``.
+    :raises TypeError: retry options, unknown options, or a private method.
+    :raises ValueError: a ``spacing`` that is not a number of seconds above 0.
     """
     if options:
         retry = sorted(set(options) & RETRY_OPTIONS)
@@ -259,16 +270,29 @@ class Manager:
     """One service's business logic; one instance per service per process.
 
     Subclasses set ``driver_interface`` (the driver ABC the configured driver
-    is checked against) and mark their endpoints.
+    is checked against) and mark their endpoints::
+
+        class WordsManager(Manager):
+            driver_interface = WordCounter
+
+            @endpoint
+            def count_words(self, text: str) -> dict[str, Any]:
+                return {"words": self.driver.count(text), "host": self.host}
+
+    Only methods marked :func:`endpoint` can be reached by a message, and only
+    with the keyword arguments their annotations allow (JSON types). The node
+    builds the manager with the configured driver (``self.driver``), its host
+    name (``self.host``) and the records' Redis (``self.redis``); in tests,
+    ``workers.testing.build_manager`` does the same on fakeredis.
     """
 
-    #: The ABC a driver must implement; None when the service has no driver contract.
     driver_interface: ClassVar[type | None] = None
-    #: The API version this manager serves (``major.minor``).
+    """The ABC a driver must implement; None when the service has no driver contract."""
     rpc_api_version: ClassVar[str] = "1.0"
-    #: What this service's resources take of its nodes (None: the scheduler does not
-    #: place them). See :mod:`managers.placement`.
+    """The API version this manager serves (``major.minor``): see rolling upgrades."""
     placement: ClassVar[Placement | None] = None
+    """What this service's resources take of its nodes (None: the scheduler does not
+    place them). See :class:`~managers.placement.Placement`."""
 
     def __init__(
         self,

@@ -90,7 +90,30 @@ def _short_repr(value: Any, limit: int = 1024) -> str:
 
 class Client:
     """Sends requests to one service; :meth:`prepare` makes one bound to a host, a timeout,
-    a delay (``countdown``, ``eta``) or a deadline (``expires``)."""
+    a delay (``countdown``, ``eta``) or a deadline (``expires``).
+
+    ::
+
+        volume = Client("volume")
+        vol = volume.call("create_volume", size_gb=1)       # waits for the result
+        handle = volume.cast("delete_volume", volume_id=vol["id"])  # a Handle, at once
+        volume.prepare(host=vol["host"]).call("list_volumes")      # only that node answers
+
+    :param service: the service's name, as its nodes serve it (``volume``).
+    :param host: send to that node's own queue (``volume.<host>``) instead of the shared one.
+    :param timeout: seconds :meth:`call` waits (default: the ``rpc_timeout`` setting).
+    :param app: the app of the fleet to talk to (default: the process's, ``workers.app``).
+    :param user: who asks, carried in each request's context (``self.context.user``).
+    :param version_cap: the highest API version to ask for (default: the setting
+        ``services.<name>.version_cap``, else the lowest a live node serves).
+    :param countdown: seconds to wait before a sent request may run.
+    :param eta: when a sent request may run (naive means local time).
+    :param expires: seconds, or a datetime, after which a request that has not run never
+        will.
+    :raises UnknownService: no node of the service has published its endpoints and it is
+        not configured here.
+    :raises InvalidRequest: a bad ``timeout``, or timing options that cannot hold together.
+    """
 
     def __init__(
         self,
