@@ -1,8 +1,8 @@
 """taskyard as users get it: a wheel in fresh virtualenvs, far from this checkout.
 
-One run of the whole story, as the README's "Use taskyard in your own
-project" writes it (its ``<!-- readme: outside -->`` blocks, run word for
-word): build the wheel; install it (with the testing kit) into a fresh venv;
+One run of the whole story, as the tutorial's "Your own project"
+(``docs/tutorial/your-own-project.md``) writes it (its ``<!-- readme: outside -->``
+blocks, run word for word): build the wheel; install it (with the testing kit) into a fresh venv;
 ``taskyard init demo`` in an empty directory; ``pip install -e '.[test]'``
 there and run the project's own tests; start its node with ``taskyard up``
 (on a private Redis, since nothing answers where the settings point); then,
@@ -80,7 +80,7 @@ def test_the_readme_story_of_a_project_of_your_own_runs_as_written(
     assert up_command == "taskyard up"
     user_env = with_bin(env, user)
 
-    # The wheel was built into root/dist: the README's install line works there as written.
+    # The wheel was built into root/dist: the tutorial's install line works there as written.
     run(["bash", "-e", "-c", install], cwd=root, env=user_env, timeout=PIP_TIMEOUT_S)
     work = root / "work"
     work.mkdir()
