@@ -437,27 +437,24 @@ def test_the_service_example_runs_as_written(
     assert json_documents(out_path.read_text()) == printed
 
 
-def test_the_testing_kit_example_passes_against_the_words_service(tmp_path: Path) -> None:
+def run_example_tests(tmp_path: Path, settings: str, tests: str, passed: int) -> None:
+    """Write every example file into ``tmp_path``, with ``settings`` as its settings.toml,
+    and run the example test file ``tests`` there with pytest: ``passed`` tests pass."""
     for name, body in examples().items():
         (tmp_path / name).write_text(body)
-    (tmp_path / "settings.toml").write_text(examples()["words.toml"])
+    (tmp_path / "settings.toml").write_text(examples()[settings])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKYARD_", "DYNACONF_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "test_words.py"], cwd=tmp_path, env=env, capture_output=True,
+                           tests], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "4 passed" in done.stdout, done.stdout[-2000:]
+    assert f"{passed} passed" in done.stdout, done.stdout[-2000:]
+
+
+def test_the_testing_kit_example_passes_against_the_words_service(tmp_path: Path) -> None:
+    run_example_tests(tmp_path, "words.toml", "test_words.py", passed=4)
 
 
 def test_the_buckets_example_places_by_claims_on_real_nodes(tmp_path: Path) -> None:
-    for name, body in examples().items():
-        (tmp_path / name).write_text(body)
-    (tmp_path / "settings.toml").write_text(examples()["buckets.toml"])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKYARD_", "DYNACONF_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "test_buckets.py"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "2 passed" in done.stdout, done.stdout[-2000:]
+    run_example_tests(tmp_path, "buckets.toml", "test_buckets.py", passed=2)
