@@ -221,6 +221,21 @@ def evidence(fleet: Fleet, keys: list[str]) -> dict[str, list[str]]:
     return found
 
 
+def broker_state(fleet: Fleet) -> dict[str, object]:
+    """What the master holds of the fleet's work: queue lengths, bells, held messages."""
+    broker = fleet.broker
+    found: dict[str, object] = {}
+    for key in sorted(k.decode() for k in broker.scan_iter(count=1000)):
+        kind = broker.type(key).decode()
+        if kind == "list":
+            found[key] = broker.llen(key)
+        elif kind == "hash":
+            found[key] = broker.hlen(key)
+        elif kind == "zset":
+            found[key] = broker.zcard(key)
+    return found
+
+
 def assert_the_fleet_works_after(fleet: Fleet) -> None:
     """No node exited, each answers a call, and no host holds a message any more.
 
@@ -251,6 +266,8 @@ def test_with_publish_wait_replicas_every_accepted_cast_runs_after_a_failover(
 
 
 @pytest.mark.soak
+# Each failover takes a few seconds, and each killed master a few more to come back in sync.
+@pytest.mark.timeout(60 + SOAK_RUNS * 45)
 def test_many_master_kills_under_a_steady_caster_lose_nothing_and_run_nothing_twice(
         fleet: Callable[[int], Fleet]) -> None:
     """The same fleet through ``SOAK_RUNS`` failovers in a row (each killed master comes
@@ -280,6 +297,11 @@ def test_many_master_kills_under_a_steady_caster_lose_nothing_and_run_nothing_tw
     print(f"\nsoak: {SOAK_RUNS} master kills, {len(accepted)} casts accepted, "
           f"{len(caster.refused)} refused, {len(missing)} lost, {len(twice)} run twice; "
           f"failover {min(failovers):.1f}-{max(failovers):.1f} s")
+    if missing or twice or not all(node.alive() for node in durable.nodes):
+        # The whole story, beyond what an assertion's message shows.
+        print(broker_state(durable))
+        for node in durable.nodes:
+            print(f"--- {node.host} (alive: {node.alive()}) ---\n{node.log()[-20000:]}")
     assert missing == [] and twice == [], (
         missing[:20], twice[:20], evidence(durable, missing[:3] + twice[:3]),
         {node.host: node.log()[-3000:] for node in durable.nodes})

@@ -7,13 +7,17 @@ The failover itself, with real ``redis-server`` processes and sentinels, is
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.conftest import REPO_ROOT, make_config
+from workers.cli.embedded import RedisServer
 from workers.core.addresses import SentinelList, canonical, is_redis_address, parse_sentinels
 from workers.core.application import SENTINEL_TRANSPORT, TRANSPORT, Taskyard, celery_settings
 from workers.core.config import effective, load_config
@@ -255,14 +259,65 @@ def test_a_script_refused_by_a_demoted_master_drops_the_connection_like_a_comman
     pool = redis.sentinel.SentinelConnectionPool("taskyard", sentinel_manager=None,
                                                  connection_class=Demoted)
     connection = pool.make_connection()
-    monkeypatch.setattr(redis.sentinel.SentinelManagedConnection, "read_response", answer(
-        redis.ResponseError("Error running script (call to f_0): @user_script:2: "
-                            "-READONLY You can't write against a read only replica.")))
-    with pytest.raises(redis.ConnectionError, match="previous master is now a replica"):
-        connection.read_response()
-    assert dropped == [True]
+    for refusal in ("Error running script (call to f_0): @user_script:2: -READONLY You "
+                    "can't write against a read only replica.",
+                    "UNBLOCKED force unblock from blocking operation, instance state changed "
+                    "(master -> replica?)"):
+        monkeypatch.setattr(redis.sentinel.SentinelManagedConnection, "read_response",
+                            answer(redis.ResponseError(refusal)))
+        with pytest.raises(redis.ConnectionError, match="previous master is now a replica"):
+            connection.read_response()
+    assert dropped == [True, True]
     monkeypatch.setattr(redis.sentinel.SentinelManagedConnection, "read_response",
                         answer(redis.ResponseError("WRONGTYPE Operation against a key")))
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         connection.read_response()
-    assert dropped == [True]
+    assert dropped == [True, True]
+
+
+class _Sentinels:
+    """The part of redis-py's ``Sentinel`` a sentinel pool asks: where the master is."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+    def discover_slaves(self, service_name: str) -> list[tuple[str, int]]:
+        return []
+
+
+def test_a_node_blocked_on_a_master_that_becomes_a_replica_goes_to_the_promoted_one(
+        tmp_path: Path) -> None:
+    """A node waits on its bells with ``BLPOP``; when a real ``redis-server`` it waits on is
+    made a replica (a killed master that came back and answered before the sentinels
+    demoted it), Redis cuts the wait short with ``UNBLOCKED``: a connection error, and the
+    next command goes to the master the sentinels name, instead of an error that stops
+    the node."""
+    old = RedisServer(tmp_path / "old", appendonly=False).start()
+    promoted = RedisServer(tmp_path / "promoted", appendonly=False).start()
+    try:
+        sentinels = _Sentinels(old.port)
+        pool = redis.sentinel.SentinelConnectionPool(
+            "taskyard", sentinel_manager=sentinels, connection_class=FollowingConnection)
+        node = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        assert node.ping()
+
+        def demote() -> None:
+            redis.Redis(port=old.port).replicaof("127.0.0.1", promoted.port)
+            sentinels.port = promoted.port
+
+        timer = threading.Timer(0.3, demote)
+        timer.start()
+        try:
+            with pytest.raises(redis.ConnectionError, match="previous master is now a replica"):
+                node.blpop(["taskyard:bell:effects"], 30)
+        finally:
+            timer.join()
+        node.lpush("taskyard:bell:effects", "1")
+        assert redis.Redis(port=promoted.port).llen("taskyard:bell:effects") == 1
+        pool.disconnect()
+    finally:
+        old.stop()
+        promoted.stop()

@@ -46,28 +46,37 @@ def connect(config: Config, url: str) -> redis.Redis:
 
 class FollowingConnection(SentinelManagedConnection):
     """redis-py's connection to the master the sentinels name, also leaving a demoted one
-    when a Lua script is refused.
+    when a Lua script is refused or a blocked command is cut short.
 
     redis-py drops a connection to a master demoted to a replica when a command
-    is refused with ``READONLY``, and asks the sentinels again; a script's
-    refusal arrives as an ``Error running script ... -READONLY`` reply instead,
-    which it lets through, and Celery takes it for an unrecoverable error (a
-    node's consumer binding its remote-control queue stopped the node, after
-    the killed master came back as a replica on its old port). Here it is the
-    connection error it is: the connection is dropped and the next one goes to
-    the promoted master.
+    is refused with ``READONLY``, and asks the sentinels again. Two other
+    replies say the same and it lets them through, and Celery takes them for
+    unrecoverable errors, which stop the node:
+
+    - a script's refusal, ``Error running script ... -READONLY`` (a node's
+      consumer binding its remote-control queue stopped the node, after the
+      killed master came back as a replica on its old port);
+    - ``UNBLOCKED force unblock from blocking operation, instance state changed
+      (master -> replica?)``, which Redis sends a client blocked in ``BLPOP``
+      when its server becomes a replica (a node waiting on its bells on a
+      killed master that came back, and answered, before the sentinels made it
+      a replica).
+
+    Here each is the connection error it is: the connection is dropped and the
+    next one goes to the promoted master.
     """
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)
         except redis.ResponseError as exc:
-            if not self.connection_pool.is_master or "READONLY" not in str(exc):
+            text = str(exc)
+            demoted = "READONLY" in text or text.startswith("UNBLOCKED")
+            if not self.connection_pool.is_master or not demoted:
                 raise
             self.disconnect()
             raise redis.ConnectionError(
-                "the previous master is now a replica (a script was refused: READONLY)"
-            ) from exc
+                f"the previous master is now a replica ({text.split(',')[0]})") from exc
 
 
 class FollowingSSLConnection(FollowingConnection, SentinelManagedSSLConnection):
