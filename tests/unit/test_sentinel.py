@@ -262,17 +262,18 @@ def test_a_script_refused_by_a_demoted_master_drops_the_connection_like_a_comman
     for refusal in ("Error running script (call to f_0): @user_script:2: -READONLY You "
                     "can't write against a read only replica.",
                     "UNBLOCKED force unblock from blocking operation, instance state changed "
-                    "(master -> replica?)"):
+                    "(master -> replica?)",
+                    "WAIT cannot be used with replica instances. Please also note that ..."):
         monkeypatch.setattr(redis.sentinel.SentinelManagedConnection, "read_response",
                             answer(redis.ResponseError(refusal)))
         with pytest.raises(redis.ConnectionError, match="previous master is now a replica"):
             connection.read_response()
-    assert dropped == [True, True]
+    assert dropped == [True, True, True]
     monkeypatch.setattr(redis.sentinel.SentinelManagedConnection, "read_response",
                         answer(redis.ResponseError("WRONGTYPE Operation against a key")))
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         connection.read_response()
-    assert dropped == [True, True]
+    assert dropped == [True, True, True]
 
 
 class _Sentinels:
@@ -318,6 +319,15 @@ def test_a_node_blocked_on_a_master_that_becomes_a_replica_goes_to_the_promoted_
         node.lpush("taskyard:bell:effects", "1")
         assert redis.Redis(port=promoted.port).llen("taskyard:bell:effects") == 1
         pool.disconnect()
+        # A node that asked a sentinel not yet told of the failover, confirming a take with
+        # its replicas on the demoted server: refused, and a connection error too.
+        stale = redis.sentinel.SentinelConnectionPool(
+            "taskyard", sentinel_manager=_Sentinels(old.port),
+            connection_class=FollowingConnection)
+        with pytest.raises(redis.ConnectionError, match="previous master is now a replica"):
+            redis.Redis(connection_pool=stale, retry=Retry(NoBackoff(), 0)).execute_command(
+                "WAIT", 1, 100)
+        stale.disconnect()
     finally:
         old.stop()
         promoted.stop()

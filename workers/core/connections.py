@@ -10,6 +10,7 @@ a parent before a fork is never used by the child, which makes its own.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any
 
@@ -44,6 +45,16 @@ def connect(config: Config, url: str) -> redis.Redis:
     return redis.Redis.from_url(url, **_CLIENT_KWARGS, **extra)
 
 
+#: How a server that is now a replica refuses what only a master does (see
+#: :class:`FollowingConnection`): a write, a script that writes, a wait cut short, a WAIT.
+_DEMOTED = re.compile(r"READONLY|^UNBLOCKED |^WAIT cannot be used with replica")
+
+
+def demoted(reply: str) -> bool:
+    """Whether an error reply says the server is no longer the master."""
+    return _DEMOTED.search(reply) is not None
+
+
 class FollowingConnection(SentinelManagedConnection):
     """redis-py's connection to the master the sentinels name, also leaving a demoted one
     when a Lua script is refused or a blocked command is cut short.
@@ -62,6 +73,9 @@ class FollowingConnection(SentinelManagedConnection):
       killed master that came back, and answered, before the sentinels made it
       a replica).
 
+    - ``WAIT cannot be used with replica instances``, to a node confirming a
+      take with its replicas (``publish_wait_replicas``) on such a master.
+
     Here each is the connection error it is: the connection is dropped and the
     next one goes to the promoted master.
     """
@@ -71,8 +85,7 @@ class FollowingConnection(SentinelManagedConnection):
             return super().read_response(*args, **kwargs)
         except redis.ResponseError as exc:
             text = str(exc)
-            demoted = "READONLY" in text or text.startswith("UNBLOCKED")
-            if not self.connection_pool.is_master or not demoted:
+            if not self.connection_pool.is_master or not demoted(text):
                 raise
             self.disconnect()
             raise redis.ConnectionError(
