@@ -22,6 +22,7 @@ from tests.integration.conftest import Node, run_cli
 from workers.client.rpc import Client
 from workers.core.application import Taskyard
 from workers.core.registry import Registry
+from workers.exceptions import NotFound
 from workers.testing import wait_for
 
 
@@ -99,8 +100,15 @@ def test_a_host_killed_mid_build_has_the_request_rescheduled_and_its_claim_relea
     assert placed["host"] == "vol-slow" and placed["alternates"] == ["vol-spare"]
     handle = Client("volume", app=client_app).handle(placed["task_id"])
     volume = Client("volume", app=client_app)
-    wait_for(lambda: volume.call("get_volume", volume_id=placed["id"])["status"] == "creating",
-             10, "vol-slow to start building")
+    def building() -> bool:
+        # The placement returns once the build is handed on: until vol-slow takes it, the
+        # volume has no record yet.
+        try:
+            return bool(volume.call("get_volume", volume_id=placed["id"])["status"] == "creating")
+        except NotFound:
+            return False
+
+    wait_for(building, 10, "vol-slow to start building")
     assert handle.progress() is not None or handle.state in ("STARTED", "PROGRESS")
     slow.kill()
     killed_at = time.monotonic()
