@@ -9,6 +9,7 @@ import os
 import random
 import threading
 import time
+import types
 from datetime import datetime, timedelta, timezone
 
 import fakeredis
@@ -37,6 +38,7 @@ from workers.core.keys import (
 from workers.core.revocations import Holder, Revocations
 from workers.exceptions import Expired
 from workers.extensions.backend import rebuild_exception
+from workers.extensions.consumer import _runs_in_the_pool
 from workers.extensions.take import TAKE, ring
 from workers.extensions.transport import Acknowledgements
 from workers.node.cancellation import TERMINATED, Terminations
@@ -438,3 +440,61 @@ def test_an_acknowledgement_a_lost_connection_refused_is_made_at_the_next_heartb
     held(redis, "tag-2", "task-2")
     assert acks.settle(redis) == 1
     assert redis.hlen("unacked") == 0 and len(acks) == 0
+
+
+def test_a_request_handed_to_the_pool_as_the_connection_is_lost_stays_held_until_it_ends(
+) -> None:
+    """Celery forgets a request a pool process has not yet said it took; it runs there all
+    the same, so its message is not put back, and is settled once its result is stored."""
+    acks = Acknowledgements()
+    acks.handed("tag-3", "task-3")
+    assert acks.holds("tag-3") and acks.handed_count == 1  # recovery leaves it held
+    redis = fakeredis.FakeRedis()
+    held(redis, "tag-3", "task-3")
+    finished: set[str] = set()
+    assert acks.settle_handed(redis, finished.__contains__) == 0  # still running
+    assert redis.hlen("unacked") == 1
+    finished.add("task-3")
+    assert acks.settle_handed(redis, finished.__contains__) == 1
+    assert redis.hlen("unacked") == 0 and redis.hlen(INFLIGHT_OWNERS_KEY) == 0
+    assert not acks.holds("tag-3") and acks.handed_count == 0
+
+
+class _Job:
+    """billiard's ApplyResult, as far as the check reads it."""
+
+    def __init__(self, write_to: object, ready: bool = False) -> None:
+        self._write_to = write_to
+        self._ready = ready
+
+    def ready(self) -> bool:
+        return self._ready
+
+
+class _Future:
+    def __init__(self, done: bool) -> None:
+        self._done = done
+
+    def done(self) -> bool:
+        return self._done
+
+
+class _Threaded:
+    """Celery's threads pool's ApplyResult: its future."""
+
+    def __init__(self, done: bool) -> None:
+        self.f = _Future(done)
+
+
+@pytest.mark.parametrize(("job", "runs"), [
+    (_Job(write_to=object()), True),  # being written to a pool process
+    (_Job(write_to=None), False),  # still in the pool's outgoing buffer: dropped
+    (_Job(write_to=object(), ready=True), False),  # done already
+    (_Threaded(done=False), True),  # a threads pool's queued request
+    (_Threaded(done=True), False),
+    (None, False),  # never handed to the pool
+])
+def test_which_requests_celery_forgets_at_a_lost_connection_still_run_in_the_pool(
+        job: object, runs: bool) -> None:
+    request = types.SimpleNamespace(_apply_result=(lambda: job) if job is not None else None)
+    assert _runs_in_the_pool(request) is runs

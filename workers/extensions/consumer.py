@@ -20,7 +20,7 @@ from typing import Any
 
 from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import Consumer as CeleryConsumer
-from celery.worker.state import active_requests
+from celery.worker.state import active_requests, reserved_requests
 
 from workers.exceptions import UnknownEndpoint
 from workers.extensions.refusal import header, refuse_message
@@ -118,6 +118,26 @@ class Consumer(CeleryConsumer):
             log.warning("the broker connection was lost while %d request(s) ran here: they "
                         "finish, and are settled once it is back", len(running))
 
+    def on_close(self) -> None:
+        """Celery's, keeping held the requests a pool process has although it did not yet say
+        it took them (:class:`workers.extensions.transport.Acknowledgements`, *handed*).
+
+        Celery forgets every reserved request that is not yet accepted when the
+        connection closes, and its prefork pool discards their jobs, "for the
+        broker to deliver again"; but a job already being written to a pool
+        process runs there, and a threads pool's queued request runs too. Put
+        back at the reconnection, such a request would run twice.
+        """
+        handed = [request for request in tuple(reserved_requests)
+                  if request not in active_requests and _runs_in_the_pool(request)]
+        super().on_close()
+        for request in handed:
+            ACKS.handed(str(request.message.delivery_tag), request.id)
+        if handed:
+            log.warning("%d request(s) handed to the pool as the broker connection was lost "
+                        "run here; they are settled once their results are stored",
+                        len(handed))
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         refuse_message(self.app, message, f"undecodable message: {exc}", requeueable=False)
 
@@ -141,3 +161,17 @@ class Consumer(CeleryConsumer):
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         refuse_message(self.app, message, f"invalid task message: {exc}", requeueable=False)
+
+
+def _runs_in_the_pool(request: Any) -> bool:
+    """Whether a request Celery has not seen accepted will run in the pool all the same: a
+    prefork job already being written to a pool process (one still in the pool's outgoing
+    buffer is dropped), a threads pool's future not done (nothing cancels it)."""
+    ref = getattr(request, "_apply_result", None)
+    job = ref() if ref is not None else None
+    if job is None:
+        return False
+    if hasattr(job, "_write_to"):  # billiard's ApplyResult: the prefork pool
+        return job._write_to is not None and not job.ready()
+    future = getattr(job, "f", None)  # Celery's threads pool
+    return future is not None and not future.done()

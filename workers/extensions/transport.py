@@ -160,6 +160,14 @@ class Acknowledgements:
       node puts back what it no longer holds: a request that ran to its end
       is not put back and run again.
 
+    A third kind has no acknowledgement coming at all: **handed**, a request
+    the prefork pool had started writing to a pool process when the connection
+    was lost, before the process said it took it. Celery's consumer forgets it
+    (its pool discards what was not accepted, for the broker to deliver again),
+    but the pool process runs it anyway, and nothing acknowledges it. Its
+    message stays held, so it is not put back to run a second time elsewhere,
+    and the heartbeat settles it once its result is stored (:meth:`settle_handed`).
+
     kombu's unacked keys are the same for every channel of a process: they
     are noted once (:meth:`made`, :meth:`refused`).
     """
@@ -170,6 +178,8 @@ class Acknowledgements:
         self._unsure: set[str] = set()
         #: The latest acknowledgements: delivery tag -> when (monotonic seconds).
         self._recent: collections.OrderedDict[str, float] = collections.OrderedDict()
+        #: Requests a pool process runs that Celery forgot: delivery tag -> task id.
+        self._handed: dict[str, str] = {}
         #: kombu's unacked hash and index keys.
         self._keys = ("unacked", "unacked_index")
 
@@ -195,9 +205,31 @@ class Acknowledgements:
     def __len__(self) -> int:
         return len(self._refused)
 
+    def handed(self, tag: str, task_id: str) -> None:
+        """``tag``'s request runs in a pool process although Celery forgot it (see above)."""
+        with self._lock:
+            self._handed[tag] = task_id
+
     def holds(self, tag: str) -> bool:
-        """Whether ``tag``'s request ran to its end here (its acknowledgement is kept)."""
-        return tag in self._refused or tag in self._unsure or tag in self._recent
+        """Whether ``tag``'s request ran to its end here (its acknowledgement is kept), or
+        still runs here although Celery forgot it."""
+        return (tag in self._refused or tag in self._unsure or tag in self._recent
+                or tag in self._handed)
+
+    @property
+    def handed_count(self) -> int:
+        return len(self._handed)
+
+    def settle_handed(self, client: Any, ended: Callable[[str], bool]) -> int:
+        """Acknowledge the handed requests whose run ``ended`` (by task id); how many."""
+        with self._lock:
+            handed = dict(self._handed)
+        done = {tag for tag, task_id in handed.items() if ended(task_id)}
+        self._apply(client, done)
+        with self._lock:
+            for tag in done:
+                self._handed.pop(tag, None)
+        return len(done)
 
     def settle(self, client: Any) -> int:
         """Make the refused acknowledgements (``client``: the broker's Redis); how many."""

@@ -35,7 +35,8 @@ import uuid
 from typing import Any
 
 import redis
-from celery import bootsteps
+from celery import bootsteps, states
+from celery.states import READY_STATES
 from celery.worker.state import reserved_requests
 from kombu.utils.encoding import bytes_to_str
 
@@ -213,6 +214,11 @@ class Recovery:
             settled = ACKS.settle(self.redis)
             log.warning("settled %d acknowledgement(s) the lost broker connection refused",
                         settled)
+        if ACKS.handed_count:
+            settled = ACKS.settle_handed(self.redis, self.ended)
+            if settled:
+                log.warning("settled %d request(s) handed to the pool as the broker "
+                            "connection was lost, their results stored", settled)
         self.redis.eval(_KEEP_VISIBLE, 2, inflight_key(self.host), self.unacked_index,
                         time.time())
         dead = self.redis.eval(_DEAD_HOSTS, 1, INFLIGHT_HOSTS_KEY, claim_key(""),
@@ -220,6 +226,11 @@ class Recovery:
         for host in (bytes_to_str(h) for h in dead):
             if host != self.host:
                 self.recover_dead(host)
+
+    def ended(self, task_id: str) -> bool:
+        """Whether ``task_id``'s run ended: its result is stored, or a retry is waiting."""
+        state = self.app.backend.get_task_meta(task_id).get("status")
+        return state in READY_STATES or state == states.RETRY
 
     def recover_dead(self, host: str) -> int:
         """Put a dead host's messages back, unless another live node is doing it."""
