@@ -737,15 +737,18 @@ class Channel(kombu_redis.Channel):
                 # One LPUSH per list (the same entries, in the same order, as one push
                 # each) and one ring of its bell for them all.
                 lists: dict[str, list[str]] = {}
+                queues: set[str] = set()
                 for queue, body, headers, properties in messages:
                     message = self._task_message(queue, body, headers, properties)
                     priority = self._get_message_priority(message, reverse=False)
                     lists.setdefault(self._q_for_pri(queue, priority), []).append(
                         dumps(message))
-                    self._expire(pipe, queue)
+                    queues.add(queue)
                 for list_key, entries in lists.items():
                     pipe.lpush(list_key, *entries)
                     ring(pipe, list_key, len(entries))
+                for queue in queues:  # after the pushes: an expiry needs the list to exist
+                    self._expire(pipe, queue)
             else:
                 waiting = []
                 for queue, body, headers, properties in messages:

@@ -36,7 +36,6 @@ from typing import Any
 
 import redis
 from celery import bootsteps, states
-from celery.states import READY_STATES
 from celery.worker.state import reserved_requests
 from kombu.utils.encoding import bytes_to_str
 
@@ -230,7 +229,7 @@ class Recovery:
     def ended(self, task_id: str) -> bool:
         """Whether ``task_id``'s run ended: its result is stored, or a retry is waiting."""
         state = self.app.backend.get_task_meta(task_id).get("status")
-        return state in READY_STATES or state == states.RETRY
+        return state in states.READY_STATES or state == states.RETRY
 
     def recover_dead(self, host: str) -> int:
         """Put a dead host's messages back, unless another live node is doing it."""
